@@ -1,0 +1,20 @@
+"""Derived seeds: never global, always SeedSequence([seed, gen, stage, ...])."""
+from __future__ import annotations
+
+import numpy as np
+
+# Stages of a generation; each gets its own independent stream.
+TRAIN, SAMPLE, LOOP, REAL, REFERENCE, EVAL = 1, 2, 3, 4, 5, 6
+
+
+def seed_sequence(seed: int, *keys: int) -> np.random.SeedSequence:
+    return np.random.SeedSequence([int(seed), *[int(k) for k in keys]])
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """A 31-bit integer seed for torch / libraries that take an int."""
+    return int(seed_sequence(seed, *keys).generate_state(1, np.uint32)[0] >> 1)
+
+
+def rng(seed: int, *keys: int) -> np.random.Generator:
+    return np.random.default_rng(seed_sequence(seed, *keys))
