@@ -1,0 +1,100 @@
+"""The pure work of a generation: train, sample a shard, evaluate.
+
+Each function depends only on its arguments (data, a narrow config, a seed), so Ray may
+retry it anywhere and get the same result. No Ray import here: ``mad.remote`` wraps these.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from mad import seeding
+from mad.config import Family, MetricsConfig, ModelConfig, SampleConfig, TrainConfig
+from mad.data import RealPool
+from mad.models import get_family
+
+Shard = tuple  # (x, y) of one sampled shard
+
+
+def concat_shards(shards: Sequence[Shard]) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    xs = [s[0] for s in shards]
+    ys = [s[1] for s in shards]
+    x = np.concatenate(xs) if len(xs) > 1 else xs[0]
+    y = None if any(v is None for v in ys) else (np.concatenate(ys) if len(ys) > 1 else ys[0])
+    return x, y
+
+
+def assemble_training_set(pool: RealPool, seed: int, manifest: dict, synth_gens: Sequence[int],
+                          synth_shards: Sequence[Sequence[Shard]]) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Materialize a manifest (see ``loops.base``) into (x, y). Only this task copies data."""
+    xs, ys = [], []
+    if manifest["real"]:
+        x, y = pool.draw(seed, manifest["real"]["stream"], manifest["real"]["n"])
+        xs.append(x)
+        ys.append(y)
+    by_gen = dict(zip(synth_gens, synth_shards))
+    for part in manifest["synth"]:
+        x, y = concat_shards(by_gen[part["gen"]])
+        x, y = x[:part["n"]], (None if y is None else y[:part["n"]])
+        if part["indices"]:
+            idx = np.asarray(part["indices"])
+            x, y = x[idx], (None if y is None else y[idx])
+        xs.append(x)
+        ys.append(y)
+    x = np.concatenate([np.asarray(v, dtype=xs[0].dtype) for v in xs])
+    y = None if any(v is None for v in ys) else np.concatenate(ys).astype(np.int64)
+    return x, y
+
+
+def train_generation(pool: RealPool, seed: int, gen: int, manifest: dict, synth_gens: Sequence[int],
+                     synth_shards: Sequence[Sequence[Shard]], family: Family, model: ModelConfig,
+                     train: TrainConfig, init_state: Optional[dict] = None, progress: bool = False,
+                     device: Optional[str] = None) -> dict:
+    x, y = assemble_training_set(pool, seed, manifest, synth_gens, synth_shards)
+    if not model.conditional:
+        y = None
+    return get_family(family).train(
+        x, y, pool.num_classes, model, train, seeding.derive_seed(seed, gen, seeding.TRAIN),
+        init_state=init_state, progress=progress, device=device,
+    )
+
+
+def shard_sizes(n: int, num_shards: int) -> list[int]:
+    num_shards = max(1, min(num_shards, n))
+    base, extra = divmod(n, num_shards)
+    return [base + (1 if i < extra else 0) for i in range(num_shards)]
+
+
+def sample_shard(state: dict, n: int, shard: int, pool_shape: tuple, num_classes: int,
+                 class_probs: Optional[np.ndarray], seed: int, gen: int, family: Family,
+                 model: ModelConfig, sample: SampleConfig, progress: bool = False,
+                 device: Optional[str] = None) -> Shard:
+    if not model.conditional:
+        num_classes = 0
+    return get_family(family).sample(
+        state, n, num_classes, pool_shape, model, sample,
+        seeding.derive_seed(seed, gen, seeding.SAMPLE, shard),
+        class_probs=class_probs, progress=progress, device=device,
+    )
+
+
+def evaluate_generation(reference, state: dict, shards: Sequence[Shard], n_eval: int,
+                        metrics: MetricsConfig, family: Family, bias: float,
+                        real_moments: Optional[tuple], real_is_gaussian: bool,
+                        device: Optional[str] = None) -> dict[str, float]:
+    from mad.metrics import evaluate
+
+    x, y = concat_shards(shards)
+    out = dict(evaluate(reference, x[:n_eval], None if y is None else y[:n_eval], metrics))
+    if family == Family.gaussian and real_moments is not None:
+        from mad.models.gaussian import closed_form_metrics
+
+        out.update(closed_form_metrics(state, bias, real_moments[0], real_moments[1], real_is_gaussian))
+    return {k: float(v) for k, v in out.items()}
+
+
+def prepare_reference(ref_x, ref_y, pool: RealPool, metrics: MetricsConfig):
+    from mad.metrics import prepare_reference as _prepare
+
+    return _prepare(ref_x, ref_y, pool.x, pool.y, metrics, pool.num_classes or None)

@@ -1,0 +1,8 @@
+#!/usr/bin/env python
+"""Entry point: ``python run.py [CONFIG.yaml] [dotted.key=value ...] [--dry-run]``; see mad/cli.py."""
+import sys
+
+from mad.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
