@@ -266,6 +266,12 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[Li
             if "=" not in item:
                 raise ConfigError(item, "an override must look like dotted.key=value")
             key, value = item.split("=", 1)
+            if key == "sweep":  # replace the whole grid, e.g. sweep={} runs a single chain
+                parsed = yaml.safe_load(value)
+                if not isinstance(parsed, dict):
+                    raise ConfigError(key, "takes a mapping, e.g. sweep={} or sweep={seed: [0, 1]}")
+                merged.sweep = parsed
+                continue
             if key.startswith("sweep."):
                 # sweep keys are themselves dotted: sweep.loop.kind=[a,b] sweeps "loop.kind"
                 parsed = yaml.safe_load(value)

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from mad.config import ConfigError, LoopKind, expand_sweep, load_config, resolved_counts
 
 
@@ -73,3 +73,14 @@ def test_dry_run_prints_config_and_chains_and_writes_nothing(tmp_path):
     assert "loop:" in proc.stdout and "6 chain(s)" in proc.stdout
     assert "c05-loop.kind=fresh_data-seed=1" in proc.stdout
     assert not out.exists()
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml")))
+def test_every_shipped_config_loads(path):
+    cfg = load_config(ROOT / path)
+    assert expand_sweep(cfg)
+
+
+def test_sweep_override_replaces_the_grid():
+    assert len(expand_sweep(load_config(None, ["sweep={}"]))) == 1
+    assert len(expand_sweep(load_config(None, ["sweep={seed: [1, 2]}"]))) == 2
