@@ -24,6 +24,7 @@ from mad.config import (Config, DataName, SynthSource, TrainInit, config_to_dict
 from mad.plan import Chain, plan_chains
 
 TIMING_FIELDS = ("wall_s", "time")
+REPORT_EVERY_S = 10.0
 
 
 @dataclass
@@ -85,6 +86,7 @@ class Driver:
         self.tracker = None
         self.t_start = time.time()
         self.gens_this_session = 0
+        self._report_written = 0.0
 
     # ------------------------------------------------------------------ setup
     def prepare_run_dir(self) -> bool:
@@ -117,7 +119,7 @@ class Driver:
         self._log(f"mad: {len(self.chains)} chain(s), {done_gens} generation(s) already done, "
                   f"run directory {self.run_dir.root}" + (" (resuming)" if resuming else ""))
         if not todo:
-            self._after_generation()
+            self._after_generation(final=True)
             return self.run_dir
 
         where = self.cfg.ray.address or os.environ.get("RAY_ADDRESS") or "a local Ray"
@@ -154,7 +156,9 @@ class Driver:
             if not sub.run.finished:
                 nxt, ref = self._submit(sub.run, stages, remote)
                 pending[ref] = nxt
-        self._log(f"mad: done in {time.time() - self.t_start:.1f}s; metrics in {self.run_dir.root / artifacts.METRICS}")
+        self._after_generation(final=True)
+        self._log(f"mad: done in {time.time() - self.t_start:.1f}s; metrics in {self.run_dir.root / artifacts.METRICS}; "
+                  f"dashboard {self.run_dir.root / 'report.html'}")
         return self.run_dir
 
     def _restore(self, r: ChainRun, remote) -> None:
@@ -250,9 +254,29 @@ class Driver:
         self._log(f"[{rec['chain']}] gen {rec['gen']:>3}/{cfg.loop.generations}  {vals}  "
                   f"({rec['wall_s']:.1f}s, elapsed {elapsed:.0f}s, ~{eta:.0f}s left)")
 
-    def _after_generation(self, record: Optional[dict] = None, x: Optional[np.ndarray] = None) -> None:
-        """Dashboards: TensorBoard scalars and the live HTML report."""
-        pass
+    def _after_generation(self, record: Optional[dict] = None, x: Optional[np.ndarray] = None,
+                          final: bool = False) -> None:
+        """Dashboards: TensorBoard scalars and sample grids, and the live HTML report."""
+        if record is not None and self.cfg.report.tensorboard:
+            if self.tracker is None:
+                from mad.tracking import TensorBoardTracker
+
+                self.tracker = TensorBoardTracker(self.run_dir.root)
+            self.tracker.log_generation(record["chain"], record["gen"], record,
+                                        None if x is None else x[:artifacts.PREVIEW_SIZE])
+        # The page embeds plotly (~5 MB): rewrite it at most every few seconds, and once at the end.
+        now = time.time()
+        if self.cfg.report.html and (final or now - self._report_written >= REPORT_EVERY_S):
+            from mad.report import write_report
+
+            try:
+                write_report(self.run_dir.root)
+            except Exception as err:  # a dashboard bug must not kill a days-long run
+                print(f"mad: warning: report.html not written: {err}", file=sys.stderr)
+            self._report_written = now
+        if final and self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None
 
 
 def run(cfg: Config, quiet: bool = False) -> artifacts.RunDir:

@@ -17,7 +17,8 @@ from mad.driver import TIMING_FIELDS, Driver
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 GAUSS = ["data.name=gaussian", "data.dim=3", "data.n_reference=300", "model.family=gaussian",
-         "metrics.features=raw", "metrics.n_eval=200", "loop.n_init=40", "report.progress=false"]
+         "metrics.features=raw", "metrics.n_eval=200", "loop.n_init=40", "report.progress=false",
+         "report.html=false", "report.tensorboard=false"]
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -36,8 +37,10 @@ def run_in_process(out: Path, *overrides: str):
 
 def test_sweep_of_six_chains_writes_a_complete_run_directory(tmp_path):
     out = tmp_path / "run"
-    run_in_process(out, "loop.generations=4", "sweep.seed=[0,1]")
+    run_in_process(out, "loop.generations=4", "sweep.seed=[0,1]", "report.html=true", "report.tensorboard=true")
     recs = records(out)
+    assert (out / "report.html").stat().st_size > 100_000
+    assert len(list((out / "tensorboard").iterdir())) == 6  # one TensorBoard run per chain
     chains = json.loads((out / "chains.json").read_text())
     assert len(chains) == 6 and len(recs) == 24
     for r in recs:
