@@ -22,7 +22,8 @@ from mad.metrics import evaluate, prepare_reference
 from mad.models import gaussian
 
 OVERRIDES = ["data.name=gaussian", "data.dim=10", "data.n_reference=1000", "model.family=gaussian",
-             "metrics.features=raw", "metrics.n_eval=500", "loop.n_init=100", "loop.kind=fully_synthetic",
+             "metrics.features=raw", "metrics.n_eval=500", "loop.n_init=100", "loop.n_real=null", "loop.n_synth=null",
+             "loop.kind=fully_synthetic",
              "report.progress=false", "report.html=false", "report.tensorboard=false", "sweep={}"]
 
 

@@ -62,11 +62,12 @@ def _run(argv: List[str]) -> int:
     if not quiet:
         print(to_yaml(cfg), end="")
     from mad.artifacts import ResumeError
+    from mad.data import DataUnavailableError
     from mad.driver import run
 
     try:
         run(cfg, quiet=quiet)
-    except ResumeError as err:
+    except (ResumeError, DataUnavailableError) as err:
         return _fail(str(err))
     return 0
 

@@ -19,9 +19,10 @@ import numpy as np
 
 import loops
 from mad import artifacts, seeding
-from mad.config import (Config, DataName, SynthSource, TrainInit, config_to_dict, resolved_counts,
+from mad.config import (Config, DataName, Family, SynthSource, TrainInit, config_to_dict, resolved_counts,
                         science_dict, to_yaml)
 from mad.plan import Chain, plan_chains
+from mad.progress import console_print
 
 TIMING_FIELDS = ("wall_s", "time")
 REPORT_EVERY_S = 10.0
@@ -87,6 +88,8 @@ class Driver:
         self.t_start = time.time()
         self.gens_this_session = 0
         self._report_written = 0.0
+        # Step-level bars only for models slow enough to need them (a Gaussian generation takes ms).
+        self._bars = not self.quiet and cfg.model.family != Family.gaussian
 
     # ------------------------------------------------------------------ setup
     def prepare_run_dir(self) -> bool:
@@ -105,13 +108,21 @@ class Driver:
 
     def _log(self, msg: str) -> None:
         if not self.quiet:
-            print(msg, file=sys.stdout, flush=True)
+            console_print(msg)
 
     # ------------------------------------------------------------------ run
     def run(self) -> artifacts.RunDir:
         from mad import remote
         from mad.data import load_real
 
+        # Real data first: a data set that cannot be had (offline download) fails before anything is written.
+        loaded = {}
+        for c in self.chains:
+            key = _data_key(c.cfg)
+            if key not in loaded and len(self.run_dir.done_generations(c.name)) < c.cfg.loop.generations:
+                # The split into pool and reference set uses the run's base seed, so every chain of
+                # a sweep over seeds is scored against the same held-out reference set.
+                loaded[key] = load_real(c.cfg.data, self.cfg.seed)
         resuming = self.prepare_run_dir()
         runs = [ChainRun(c, _data_key(c.cfg), len(self.run_dir.done_generations(c.name)) + 1) for c in self.chains]
         todo = [r for r in runs if not r.finished]
@@ -130,9 +141,7 @@ class Driver:
         for r in todo:
             c = r.chain.cfg
             if r.data_key not in self.pools:
-                # The split into pool and reference set uses the run's base seed, so every chain of
-                # a sweep over seeds is scored against the same held-out reference set.
-                pool, (ref_x, ref_y) = load_real(c.data, self.cfg.seed)
+                pool, (ref_x, ref_y) = loaded[r.data_key]
                 self.pools[r.data_key] = (pool, remote.put(pool))
                 self.moments[r.data_key] = (pool.mean, pool.cov) if pool.mean is not None else None
                 ref_sets[r.data_key] = (ref_x, ref_y)
@@ -183,7 +192,7 @@ class Driver:
         counts = [len(r.synth[g]) for g in synth_gens]
         init_state = r.prev_state if cfg.train.init == TrainInit.previous else None
         state = stages.train.remote(pool_ref, seed, gen, manifest.to_json(), synth_gens, counts,
-                                    cfg.model.family, cfg.model, cfg.train, init_state, *flat)
+                                    cfg.model.family, cfg.model, cfg.train, init_state, self._bars, *flat)
         _, n_synth = resolved_counts(cfg.loop)
         n_keep = n_synth if gen < cfg.loop.generations else 0
         n_sample = max(n_keep, cfg.metrics.n_eval)
@@ -192,7 +201,7 @@ class Driver:
 
         shards = [
             stages.sample.remote(state, n, i, pool.sample_shape, pool.num_classes, class_probs, seed, gen,
-                                 cfg.model.family, cfg.model, cfg.sample)
+                                 cfg.model.family, cfg.model, cfg.sample, self._bars)
             for i, n in enumerate(shard_sizes(n_sample, cfg.resources.sample_shards))
         ]
         metrics = stages.evaluate.remote(r.reference, state, cfg.metrics.n_eval, cfg.metrics, cfg.model.family,

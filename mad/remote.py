@@ -57,21 +57,22 @@ def _use_assigned_resources() -> Optional[str]:
 
 
 @ray.remote
-def _train(pool, seed, gen, manifest, synth_gens, shard_counts, family, model, train, init_state, *flat_shards):
+def _train(pool, seed, gen, manifest, synth_gens, shard_counts, family, model, train, init_state, progress,
+           *flat_shards):
     device = _use_assigned_resources()
     shards, i = [], 0
     for count in shard_counts:
         shards.append(flat_shards[i:i + count])
         i += count
     return tasks.train_generation(pool, seed, gen, manifest, synth_gens, shards, family, model, train,
-                                  init_state=init_state, device=device)
+                                  init_state=init_state, progress=progress, device=device)
 
 
 @ray.remote
-def _sample(state, n, shard, pool_shape, num_classes, class_probs, seed, gen, family, model, sample):
+def _sample(state, n, shard, pool_shape, num_classes, class_probs, seed, gen, family, model, sample, progress):
     device = _use_assigned_resources()
     return tasks.sample_shard(state, n, shard, pool_shape, num_classes, class_probs, seed, gen, family,
-                              model, sample, device=device)
+                              model, sample, progress=progress, device=device)
 
 
 @ray.remote

@@ -17,7 +17,8 @@ from mad.driver import TIMING_FIELDS, Driver
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 GAUSS = ["data.name=gaussian", "data.dim=3", "data.n_reference=300", "model.family=gaussian",
-         "metrics.features=raw", "metrics.n_eval=200", "loop.n_init=40", "report.progress=false",
+         "metrics.features=raw", "metrics.n_eval=200", "loop.n_init=40", "loop.n_real=null", "loop.n_synth=null",
+         "report.progress=false",
          "report.html=false", "report.tensorboard=false"]
 
 

@@ -57,6 +57,10 @@ class RealPool:
         return np.bincount(self.y, minlength=self.num_classes) / len(self.y)
 
 
+class DataUnavailableError(RuntimeError):
+    """A data set that cannot be had here (e.g. a download without internet); the message says what to do."""
+
+
 def load_real(cfg: DataConfig, seed: int) -> tuple[RealPool, tuple[np.ndarray, Optional[np.ndarray]]]:
     """The training pool and the held-out reference set ``(x, y)`` for the metrics."""
     if cfg.name == DataName.gaussian:

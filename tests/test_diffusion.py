@@ -1,0 +1,161 @@
+"""The diffusion model family on real 8x8 digits with a tiny UNet (CPU, seconds)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from mad.config import DataConfig, DataName, Family, ModelConfig, SampleConfig, Scheduler, TrainConfig
+from mad.data.images import load_images
+from mad.models.diffusion import build_unet, evaluate_loss, sample, train
+
+SHAPE = (1, 8, 8)
+TINY_T = 100  # fewer diffusion timesteps: same code path, faster to learn in a few steps
+
+
+def tiny_model(conditional: bool = True, **kw) -> ModelConfig:
+    return ModelConfig(family=Family.diffusion, channels=[16, 32], conditional=conditional, num_train_timesteps=TINY_T, **kw)
+
+
+def tiny_sample(**kw) -> SampleConfig:
+    kw.setdefault("steps", 5)
+    kw.setdefault("batch_size", 16)
+    return SampleConfig(**kw)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # tiny convolutions gain nothing from a second thread, and on a shared CPU the
+    # threads' spin-waits cost a lot; restored afterwards for the other test files
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    tx, ty, rx, ry, k = load_images(DataConfig(name=DataName.digits, n_reference=300), seed=0)
+    return tx, ty, k
+
+
+@pytest.fixture(scope="module")
+def cond_state(digits):
+    tx, ty, k = digits
+    return train(tx, ty, k, tiny_model(), TrainConfig(steps=20, batch_size=32, lr=1e-3), seed=0, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def uncond_state(digits):
+    tx, _, _ = digits
+    return train(tx, None, 0, tiny_model(conditional=False), TrainConfig(steps=20, batch_size=32, lr=1e-3), seed=0, device="cpu")
+
+
+def test_state_is_flat_cpu_and_reloads_through_safetensors(cond_state, tmp_path):
+    assert all(isinstance(v, torch.Tensor) and v.device.type == "cpu" and v.is_contiguous() for v in cond_state.values())
+    assert "class_embedding.weight" in cond_state
+    assert cond_state["class_embedding.weight"].shape[0] == 11  # 10 classes + the null label
+    path = tmp_path / "model.safetensors"
+    save_file(cond_state, str(path))
+    reloaded = load_file(str(path))
+    a, ya = sample(cond_state, 12, 10, SHAPE, tiny_model(), tiny_sample(bias=0.5), seed=3, device="cpu")
+    b, yb = sample(reloaded, 12, 10, SHAPE, tiny_model(), tiny_sample(bias=0.5), seed=3, device="cpu")
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ya, yb)
+    c, _ = sample(cond_state, 12, 10, SHAPE, tiny_model(), tiny_sample(bias=0.5), seed=4, device="cpu")
+    assert not np.array_equal(a, c)  # the seed matters
+
+
+def test_training_is_a_function_of_the_seed(digits):
+    tx, ty, k = digits
+    cfg = TrainConfig(steps=3, batch_size=16)
+    s1 = train(tx, ty, k, tiny_model(), cfg, seed=5, device="cpu")
+    s2 = train(tx, ty, k, tiny_model(), cfg, seed=5, device="cpu")
+    s3 = train(tx, ty, k, tiny_model(), cfg, seed=6, device="cpu")
+    assert all(torch.equal(s1[n], s2[n]) for n in s1)
+    assert any(not torch.equal(s1[n], s3[n]) for n in s1)
+
+
+def test_conditional_samples_are_uint8_with_labels_in_range(cond_state):
+    x, y = sample(cond_state, 20, 10, SHAPE, tiny_model(), tiny_sample(), seed=0, device="cpu")
+    assert x.shape == (20, *SHAPE) and x.dtype == np.uint8
+    assert y.shape == (20,) and y.dtype == np.int64
+    assert y.min() >= 0 and y.max() < 10
+    probs = np.zeros(10)
+    probs[3] = 1.0
+    _, y3 = sample(cond_state, 8, 10, SHAPE, tiny_model(), tiny_sample(), seed=0, class_probs=probs, device="cpu")
+    assert (y3 == 3).all()
+
+
+def test_guidance_changes_conditional_samples(cond_state):
+    a, ya = sample(cond_state, 16, 10, SHAPE, tiny_model(), tiny_sample(bias=1.0), seed=1, device="cpu")
+    b, yb = sample(cond_state, 16, 10, SHAPE, tiny_model(), tiny_sample(bias=0.5), seed=1, device="cpu")
+    np.testing.assert_array_equal(ya, yb)  # same seed, same labels: only the guidance differs
+    assert np.abs(a.astype(int) - b.astype(int)).mean() > 1.0
+
+
+def test_latent_scaling_changes_unconditional_samples(uncond_state):
+    a, ya = sample(uncond_state, 16, 0, SHAPE, tiny_model(False), tiny_sample(bias=1.0), seed=1, device="cpu")
+    b, _ = sample(uncond_state, 16, 0, SHAPE, tiny_model(False), tiny_sample(bias=0.5), seed=1, device="cpu")
+    assert ya is None
+    assert np.abs(a.astype(int) - b.astype(int)).mean() > 1.0
+    # same seed and weights give the same images (deterministic DDIM)
+    c, _ = sample(uncond_state, 16, 0, SHAPE, tiny_model(False), tiny_sample(bias=0.5), seed=1, device="cpu")
+    np.testing.assert_array_equal(b, c)
+
+
+def test_ddpm_sampler_is_seeded(cond_state):
+    cfg = tiny_sample(scheduler=Scheduler.ddpm, bias=0.8)
+    a, _ = sample(cond_state, 8, 10, SHAPE, tiny_model(), cfg, seed=2, device="cpu")
+    b, _ = sample(cond_state, 8, 10, SHAPE, tiny_model(), cfg, seed=2, device="cpu")
+    np.testing.assert_array_equal(a, b)
+    assert a.dtype == np.uint8 and a.shape == (8, *SHAPE)
+
+
+def test_init_state_fine_tunes_from_the_given_weights(digits, cond_state):
+    tx, ty, k = digits
+    tuned = train(tx, ty, k, tiny_model(), TrainConfig(steps=3, batch_size=16), seed=1, init_state=cond_state, device="cpu")
+    scratch = train(tx, ty, k, tiny_model(), TrainConfig(steps=3, batch_size=16), seed=1, device="cpu")
+    to_init = max((tuned[n] - cond_state[n]).abs().max().item() for n in cond_state)
+    scratch_to_init = max((scratch[n] - cond_state[n]).abs().max().item() for n in cond_state)
+    assert to_init > 0.0  # it trained
+    assert to_init < 0.1 * scratch_to_init  # and started from init_state, not from a fresh init
+
+
+def test_loss_goes_down(digits):
+    tx, ty, k = digits
+    cfg = dict(batch_size=32, lr=2e-3)
+    start = train(tx, ty, k, tiny_model(), TrainConfig(steps=1, **cfg), seed=0, device="cpu")
+    end = train(tx, ty, k, tiny_model(), TrainConfig(steps=50, **cfg), seed=0, device="cpu")
+    held = tx[:256], ty[:256]
+    loss_start = evaluate_loss(start, *held, k, tiny_model(), seed=0)
+    loss_end = evaluate_loss(end, *held, k, tiny_model(), seed=0)
+    # a fresh UNet predicts the noise with MSE ~0.9-1.0; 50 steps reach ~0.37-0.44 (seeds 0-2),
+    # so 0.7x leaves room for platform noise while a broken update would stay near 1x
+    assert loss_end < 0.7 * loss_start, (loss_start, loss_end)
+
+
+def test_unet_levels_must_divide_the_resolution():
+    with pytest.raises(ValueError, match="divisible by 2\\*\\*\\(len\\(model.channels\\)-1\\) = 4"):
+        build_unet(ModelConfig(channels=[16, 32, 64]), (1, 10, 10), 0)
+    net = build_unet(ModelConfig(channels=[16, 32, 64]), (1, 12, 12), 0)
+    assert net.class_embedding is None
+
+
+def test_unet_norm_groups_and_attention():
+    # gcd(48, 96) = 48: 32 does not divide it, 24 is the largest group count that does
+    net = build_unet(ModelConfig(channels=[48, 96], attention=True), (3, 8, 8), 10)
+    assert net.config.norm_num_groups == 24
+    assert type(net.down_blocks[-1]).__name__ == "AttnDownBlock2D"
+    assert type(net.up_blocks[0]).__name__ == "AttnUpBlock2D"
+    out = net(torch.zeros(2, 3, 8, 8), torch.tensor([1, 2]), class_labels=torch.tensor([0, 10])).sample
+    assert out.shape == (2, 3, 8, 8)
+    plain = build_unet(ModelConfig(channels=[16, 32], conditional=False), (1, 8, 8), 10)
+    assert plain.class_embedding is None  # conditional=false ignores the labels
+    assert all("Attn" not in type(b).__name__ for b in [*plain.down_blocks, *plain.up_blocks])
+
+
+def test_sample_rejects_weights_of_the_other_kind(uncond_state):
+    with pytest.raises(ValueError, match="unconditional"):
+        sample(uncond_state, 2, 10, SHAPE, tiny_model(), tiny_sample(), seed=0, device="cpu")
