@@ -1,0 +1,169 @@
+"""The driver-facing metrics API: a reference prepared once per run, then scored per generation.
+
+``prepare_reference`` computes everything about the held-out real set once (features, their
+mean/covariance, k-NN radii, class histogram) and packs the feature extractor as plain numpy so
+the result pickles cheaply through ``ray.put`` and workers rebuild it without touching disk.
+``evaluate`` then only extracts the generated samples' features.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mad.config import Features, MetricsConfig
+from mad.metrics.features import (
+    TrainedClassifier,
+    inception_features,
+    load_or_train_classifier,
+    raw_features,
+)
+from mad.metrics.frechet import feature_stats, fid_to_reference, frechet_distance, sqrt_psd
+from mad.metrics.prdc import compute_knn_sq_radii, prdc
+
+__all__ = ["Reference", "prepare_reference", "evaluate", "extract_features", "class_metrics"]
+
+KL_EPS = 1e-6  # smoothing so a class the generator never produces gives a finite KL
+
+
+@dataclass
+class Reference:
+    """Everything about the held-out real set that the metrics need; picklable."""
+
+    features_kind: str
+    feats: np.ndarray
+    mu: np.ndarray
+    sigma: np.ndarray
+    class_hist: np.ndarray | None
+    extractor_state: dict | None  # classifier weights as numpy, so workers rebuild it without disk
+    sq_radii: np.ndarray | None = None  # squared k-NN radii of ``feats`` (reused by prdc)
+    radii_k: int | None = None  # the k those radii were computed with
+    sample_shape: tuple | None = None  # shape of one reference sample, to catch mismatched inputs
+    sigma_sqrt: np.ndarray | None = None  # sqrt_psd(sigma), so FID costs one eigvalsh per generation
+
+
+def _features_kind(cfg: MetricsConfig) -> Features:
+    value = cfg.features.value if isinstance(cfg.features, Features) else cfg.features
+    try:
+        return Features(value)
+    except ValueError:
+        choices = ", ".join(f.value for f in Features)
+        raise ValueError(f"metrics.features: unknown feature kind {value!r}; choose one of {choices}") from None
+
+
+_CLASSIFIERS: dict[str, TrainedClassifier] = {}  # per-process: rebuilt once per worker, not per call
+
+
+def _classifier_from_state(state: dict) -> TrainedClassifier:
+    key = state.get("key")
+    clf = _CLASSIFIERS.get(key)
+    if clf is None:
+        clf = TrainedClassifier.from_state(state)
+        if len(_CLASSIFIERS) >= 4:
+            _CLASSIFIERS.pop(next(iter(_CLASSIFIERS)))
+        _CLASSIFIERS[key] = clf
+    return clf
+
+
+def extract_features(kind: Features, x: Any, extractor_state: dict | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(features, class probabilities or None) of samples ``x`` with the named extractor."""
+    if kind == Features.raw:
+        return raw_features(x), None
+    if kind == Features.classifier:
+        if not extractor_state or extractor_state.get("kind") != "classifier":
+            raise ValueError("classifier features need the reference's classifier state (prepare_reference)")
+        return _classifier_from_state(extractor_state).predict(x)
+    if kind == Features.inception:
+        return inception_features(x), None
+    raise ValueError(f"metrics.features: unknown feature kind {kind!r}")  # pragma: no cover
+
+
+def _histogram(probs: np.ndarray) -> np.ndarray:
+    counts = np.bincount(probs.argmax(1), minlength=probs.shape[1]).astype(np.float64)
+    return counts / counts.sum()
+
+
+def class_metrics(probs: np.ndarray, real_hist: np.ndarray, y: Any = None) -> dict[str, float]:
+    """Class statistics of generated samples from the classifier's softmax outputs.
+
+    class_entropy: entropy (nats) of the predicted-class histogram (log(10) = 2.303 is uniform over 10);
+    class_kl: KL(real histogram || generated histogram), both smoothed by ``KL_EPS``;
+    mean_confidence: mean of the max softmax probability;
+    label_accuracy (only when labels ``y`` are given): how often the prediction equals the label
+    the sample was generated for (conditional models)."""
+    hist = _histogram(probs)
+    nz = hist[hist > 0]
+    p = (real_hist + KL_EPS) / (real_hist + KL_EPS).sum()
+    q = (hist + KL_EPS) / (hist + KL_EPS).sum()
+    out = {
+        "class_entropy": float(-(nz * np.log(nz)).sum()),
+        "class_kl": float((p * np.log(p / q)).sum()),
+        "mean_confidence": float(probs.max(1).mean()),
+    }
+    if y is not None:
+        labels = np.asarray(y).reshape(-1)
+        if len(labels) != len(probs):
+            raise ValueError(f"got {len(labels)} labels for {len(probs)} samples")
+        out["label_accuracy"] = float(np.mean(probs.argmax(1) == labels))
+    return out
+
+
+def prepare_reference(ref_x: Any, ref_y: Any, train_x: Any, train_y: Any, cfg: MetricsConfig,
+                      num_classes: int | None) -> Reference:
+    """Features and statistics of the held-out reference set, computed once per run.
+
+    With ``features=classifier`` the classifier is trained on ``train_x``/``train_y`` (or loaded
+    from ``cfg.cache_dir`` when already trained on the same data) and the reference class
+    histogram is the classifier's own predictions on ``ref_x``: generated samples are judged by
+    the same instrument, so its few errors cancel instead of showing up as a KL."""
+    kind = _features_kind(cfg)
+    state: dict | None = None
+    class_hist: np.ndarray | None = None
+    if kind == Features.classifier:
+        clf = load_or_train_classifier(train_x, train_y, num_classes, cfg.cache_dir, epochs=cfg.classifier_epochs)
+        state = clf.state()
+        _CLASSIFIERS[clf.key] = clf
+        feats, probs = clf.predict(ref_x)
+        class_hist = _histogram(probs)
+    elif kind == Features.inception:
+        state = {"kind": "inception"}
+        feats, _ = extract_features(kind, ref_x, state)
+    else:
+        feats, _ = extract_features(kind, ref_x, None)
+    mu, sigma = feature_stats(feats)
+    k = int(cfg.k)
+    sq_radii = compute_knn_sq_radii(feats, k) if len(feats) > k else None
+    shape = tuple(np.shape(ref_x)[1:])
+    return Reference(kind.value, feats, mu, sigma, class_hist, state, sq_radii, k, shape, sqrt_psd(sigma))
+
+
+def evaluate(reference: Reference, x: Any, y: Any, cfg: MetricsConfig) -> dict[str, float]:
+    """Metrics of generated samples ``x`` (labels ``y`` or None) against the prepared reference:
+    fid, precision, recall, density, coverage; with classifier features also class_entropy,
+    class_kl, mean_confidence (and label_accuracy when ``y`` is given). Plain floats."""
+    kind = _features_kind(cfg)
+    if kind.value != reference.features_kind:
+        raise ValueError(f"metrics.features is {kind.value!r} but the reference was prepared with "
+                         f"{reference.features_kind!r}")
+    # Inception resizes and converts to RGB, so only the other kinds need the reference's shape
+    if (kind != Features.inception and reference.sample_shape is not None
+            and tuple(np.shape(x)[1:]) != tuple(reference.sample_shape)):
+        raise ValueError(f"generated samples have shape {tuple(np.shape(x)[1:])} per sample, "
+                         f"the reference has {tuple(reference.sample_shape)}")
+    feats, probs = extract_features(kind, x, reference.extractor_state)
+    if len(feats) < 2:
+        raise ValueError(f"need at least 2 generated samples, got {len(feats)}")
+    k = int(cfg.k)
+    radii = reference.sq_radii if reference.radii_k == k else None
+    if feats.shape[1] != reference.mu.shape[0]:
+        raise ValueError(f"generated features have width {feats.shape[1]}, the reference {reference.mu.shape[0]}")
+    if reference.sigma_sqrt is not None:
+        fid = fid_to_reference(reference.mu, reference.sigma, reference.sigma_sqrt, feats)
+    else:  # a Reference built by hand: clean-fid's own path
+        fid = frechet_distance(reference.mu, reference.sigma, *feature_stats(feats))
+    out = {"fid": fid}
+    out.update(prdc(reference.feats, feats, k, real_sq_radii=radii))
+    if probs is not None and reference.class_hist is not None:
+        out.update(class_metrics(probs, reference.class_hist, y))
+    return {key: float(v) for key, v in out.items()}

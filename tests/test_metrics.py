@@ -1,0 +1,211 @@
+"""FID and precision/recall/density/coverage against theory and the reference implementations
+(clean-fid's Frechet distance, the ``prdc`` package), plus the driver-facing raw-feature path."""
+import contextlib
+import io
+import math
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from mad.config import Features, MetricsConfig
+from mad.metrics import (
+    compute_knn_sq_radii,
+    evaluate,
+    feature_stats,
+    fid_from_features,
+    frechet_distance,
+    fid_to_reference,
+    frechet_distance_fast,
+    gaussian_w2,
+    prdc,
+    prepare_reference,
+    sqrt_psd,
+)
+
+prdc_ref = pytest.importorskip("prdc", reason="the prdc package is the dev-only reference (pip install -e '.[dev]')")
+
+
+def reference_prdc(real, fake, k):
+    with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the set sizes
+        return prdc_ref.compute_prdc(real, fake, k)
+
+
+# ----------------------------------------------------------------------------- FID
+def test_fid_of_a_set_with_itself_is_zero():
+    x = np.random.default_rng(0).standard_normal((400, 16)) @ np.diag(np.linspace(0.5, 3, 16))
+    assert abs(fid_from_features(x, x)) < 1e-8
+    mu, sigma = feature_stats(x)
+    assert abs(frechet_distance_fast(mu, sigma, mu, sigma)) < 1e-8
+
+
+def test_fid_of_two_gaussians_matches_closed_form():
+    # N(0, I) vs N(m, s^2 I) in d=4: FD = |m|^2 + d (1 - s)^2 = 1.25 + 4 * 0.25 = 2.25
+    rng = np.random.default_rng(1)
+    d, n, s = 4, 100_000, 1.5
+    m = np.array([1.0, 0.5, 0.0, 0.0])
+    a = rng.standard_normal((n, d))
+    b = m + s * rng.standard_normal((n, d))
+    exact = float(m @ m + d * (1 - s) ** 2)
+    # sampling std of the estimate is ~sqrt(4 |m|^2 (1 + s^2) / n) ~ 0.013; allow ~4.5 sigma
+    fid = fid_from_features(a, b)
+    assert abs(fid - exact) < 0.06, (fid, exact)
+    # the closed form of the analytic parameters is exact
+    assert frechet_distance(np.zeros(d), np.eye(d), m, s**2 * np.eye(d)) == pytest.approx(exact, rel=1e-12)
+    assert gaussian_w2(np.zeros(d), np.eye(d), m, s**2 * np.eye(d)) == pytest.approx(math.sqrt(exact), rel=1e-12)
+
+
+@pytest.mark.parametrize("n1,n2,d,rank", [(300, 300, 4, 4), (400, 300, 64, 64), (300, 200, 128, 20), (12, 15, 256, 256)])
+def test_fast_frechet_matches_cleanfid(n1, n2, d, rank):
+    """The per-generation eigenvalue path agrees with clean-fid's sqrtm, also when rank-deficient."""
+    rng = np.random.default_rng(d + rank)
+    w = rng.standard_normal((rank, d))
+    a = rng.standard_normal((n1, rank)) @ w
+    b = (1.1 * rng.standard_normal((n2, rank)) + 0.2) @ w
+    (mu1, s1), (mu2, s2) = feature_stats(a), feature_stats(b)
+    expected = frechet_distance(mu1, s1, mu2, s2)
+    assert frechet_distance_fast(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-6)
+    assert frechet_distance_fast(mu1, s1, mu2, s2, sqrt_psd(s1)) == pytest.approx(expected, rel=1e-6)
+    # the per-generation path: Gram matrix of the generated features (n2 < d: the small side)
+    assert fid_to_reference(mu1, s1, sqrt_psd(s1), b) == pytest.approx(expected, rel=1e-6)
+
+
+def test_frechet_bad_inputs():
+    with pytest.raises(ValueError, match="different widths"):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        fid_from_features(np.full((5, 2), np.nan), np.zeros((5, 2)))
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        feature_stats(np.zeros((1, 3)))
+
+
+# ----------------------------------------------------------------------------- prdc vs reference
+def _sets(kind: str, n_real: int, n_fake: int, d: int, rng):
+    if kind == "float64":
+        return rng.standard_normal((n_real, d)), 1.2 * rng.standard_normal((n_fake, d)) + 0.2
+    if kind == "float32":
+        return (rng.standard_normal((n_real, d)).astype(np.float32),
+                (0.8 * rng.standard_normal((n_fake, d))).astype(np.float32))
+    if kind == "ties":  # integer grid: many exactly equal distances, duplicates, radius-0 balls
+        return rng.integers(0, 3, (n_real, d)).astype(np.float64), rng.integers(0, 3, (n_fake, d)).astype(np.float64)
+    if kind == "offset":  # norms >> distances: stresses the float32 error bound and exact refinement
+        return ((rng.standard_normal((n_real, d)) + 1000).astype(np.float32),
+                (rng.standard_normal((n_fake, d)) + 1000.3).astype(np.float32))
+    if kind == "outlier":  # one far point: its huge norm widens the error bounds of every pair
+        real, fake = rng.standard_normal((n_real, d)), rng.standard_normal((n_fake, d))
+        real[0] *= 1e4
+        fake[-1] += 1e3
+        return real, fake
+    if kind == "mixed":  # float32 real, float64 fake: prdc rounds each pass differently
+        return rng.standard_normal((n_real, d)).astype(np.float32), rng.standard_normal((n_fake, d))
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["float64", "float32", "ties", "offset", "outlier", "mixed"])
+@pytest.mark.parametrize("n_real,n_fake,d,k", [(200, 150, 2, 5), (120, 300, 16, 3), (300, 250, 64, 10), (50, 40, 1, 1)])
+def test_prdc_matches_reference_package(kind, n_real, n_fake, d, k):
+    rng = np.random.default_rng(n_real * 7 + d + k)
+    real, fake = _sets(kind, n_real, n_fake, d, rng)
+    expected = reference_prdc(real, fake, k)
+    got = prdc(real, fake, k)
+    assert set(got) == {"precision", "recall", "density", "coverage"}
+    for key in expected:
+        assert isinstance(got[key], float)
+        assert got[key] == pytest.approx(float(expected[key]), abs=1e-6), key
+
+
+def test_prdc_is_independent_of_chunking_and_accepts_tensors():
+    rng = np.random.default_rng(3)
+    real, fake = rng.standard_normal((230, 8)).astype(np.float32), rng.standard_normal((170, 8)).astype(np.float32)
+    whole = prdc(real, fake, 4)
+    # ~5 rows per chunk: many chunks, partial last chunks
+    assert prdc(real, fake, 4, chunk_elems=1000) == whole
+    assert prdc(torch.from_numpy(real), torch.from_numpy(fake), 4) == whole
+    assert whole == pytest.approx({k: float(v) for k, v in reference_prdc(real, fake, 4).items()}, abs=1e-6)
+
+
+def test_precomputed_radii_match_the_reference_and_reuse():
+    rng = np.random.default_rng(4)
+    real, fake = rng.standard_normal((150, 6)), rng.standard_normal((140, 6)) + 0.3
+    sq = compute_knn_sq_radii(real, 5)
+    with contextlib.redirect_stdout(io.StringIO()):
+        from prdc.prdc import compute_nearest_neighbour_distances
+
+        expected = compute_nearest_neighbour_distances(real, 5)
+    np.testing.assert_allclose(np.sqrt(sq), expected, rtol=1e-12)
+    assert prdc(real, fake, 5, real_sq_radii=sq) == prdc(real, fake, 5)
+
+
+def test_precision_and_recall_of_a_set_against_itself_are_one():
+    x = np.random.default_rng(5).standard_normal((300, 10))
+    out = prdc(x, x, 5)
+    assert out["precision"] == 1.0 and out["recall"] == 1.0 and out["coverage"] == 1.0
+
+
+def test_precision_recall_separate_quality_from_diversity():
+    """A collapsed generator (a narrow blob inside the real support) keeps precision, loses recall."""
+    rng = np.random.default_rng(6)
+    real = rng.standard_normal((500, 2))
+    collapsed = 0.1 * rng.standard_normal((500, 2))
+    out = prdc(real, collapsed, 5)
+    assert out["precision"] > 0.95 and out["recall"] < 0.2 and out["coverage"] < 0.2
+
+
+@pytest.mark.parametrize("real,fake,k,message", [
+    (np.zeros((10, 3)), np.zeros((10, 4)), 2, "different widths: 3 vs 4"),
+    (np.zeros((5, 3)), np.zeros((10, 3)), 5, "real: k-NN with k=5 needs at least k\\+1=6 samples, got 5"),
+    (np.zeros((10, 3)), np.zeros((3, 3)), 3, "fake: k-NN with k=3 needs at least k\\+1=4 samples, got 3"),
+    (np.array([[0.0, np.nan]] * 8), np.zeros((8, 2)), 2, "real: features contain NaN or inf"),
+    (np.zeros((8, 2)), np.array([[np.inf, 0.0]] * 8), 2, "fake: features contain NaN or inf"),
+    (np.zeros(8), np.zeros((8, 1)), 2, "real: features must be a 2-D"),
+    (np.zeros((8, 2)), np.zeros((8, 2)), 0, "k must be a positive integer"),
+])
+def test_prdc_bad_inputs(real, fake, k, message):
+    with pytest.raises(ValueError, match=message) as err:
+        prdc(real, fake, k)
+    assert "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------- driver-facing API (raw)
+def test_prepare_reference_and_evaluate_on_raw_vectors():
+    rng = np.random.default_rng(7)
+    cfg = MetricsConfig(features=Features.raw, k=5)
+    ref_x = rng.standard_normal((600, 3))
+    ref = prepare_reference(ref_x, None, None, None, cfg, None)
+    assert ref.features_kind == "raw" and ref.extractor_state is None and ref.class_hist is None
+    same = evaluate(ref, ref_x, None, cfg)
+    assert set(same) == {"fid", "precision", "recall", "density", "coverage"}
+    assert all(type(v) is float for v in same.values())
+    assert abs(same["fid"]) < 1e-8 and same["precision"] == 1.0 and same["recall"] == 1.0
+    shifted = rng.standard_normal((600, 3)) + np.array([4.0, 0.0, 0.0])
+    out = evaluate(ref, shifted, None, cfg)
+    assert out["fid"] == pytest.approx(16.0, abs=1.5)  # |m|^2 = 16 up to sampling error
+    assert out["precision"] < 0.6 and out["coverage"] < 0.2
+    # identical to the standalone functions (cached radii and sqrt(sigma) change nothing)
+    assert out["fid"] == pytest.approx(fid_from_features(ref_x, shifted), rel=1e-6)
+    assert {k: out[k] for k in ("precision", "recall", "density", "coverage")} == prdc(ref_x, shifted, 5)
+    # the reference travels through pickle (ray.put) unchanged
+    assert evaluate(pickle.loads(pickle.dumps(ref)), shifted, None, cfg) == out
+    # a different k recomputes the radii rather than reusing the cached ones
+    out3 = evaluate(ref, shifted, None, MetricsConfig(features=Features.raw, k=3))
+    assert out3["precision"] == prdc(ref_x, shifted, 3)["precision"]
+
+
+def test_unknown_features_kind_and_mismatched_inputs():
+    cfg = MetricsConfig(features="bogus")
+    with pytest.raises(ValueError, match="unknown feature kind 'bogus'; choose one of raw, classifier, inception") as err:
+        prepare_reference(np.zeros((10, 2)), None, None, None, cfg, None)
+    assert "\n" not in str(err.value)
+    ref = prepare_reference(np.random.default_rng(0).standard_normal((20, 2)), None, None, None, MetricsConfig(), None)
+    with pytest.raises(ValueError, match="shape"):
+        evaluate(ref, np.zeros((20, 3)), None, MetricsConfig())
+    with pytest.raises(ValueError, match="prepared with 'raw'"):
+        evaluate(ref, np.zeros((20, 2)), None, MetricsConfig(features=Features.classifier))
+
+
+def test_importing_metrics_does_not_import_ray():
+    code = "import sys, mad.metrics; assert 'ray' not in sys.modules, 'ray imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
