@@ -436,6 +436,11 @@ def _validate_one(cfg: Config) -> None:
         _positive(f"metrics.{key}", getattr(cfg.metrics, key))
     for key in ("steps", "batch_size", "lr", "num_workers"):
         _positive(f"train.{key}", getattr(cfg.train, key))
+    if cfg.train.num_workers > cfg.train.batch_size:
+        raise ConfigError("train.num_workers", f"{cfg.train.num_workers} workers need train.batch_size >= "
+                          f"{cfg.train.num_workers} (every worker needs a sample per step)")
+    if cfg.train.num_workers > 1 and m.family != Family.diffusion:
+        raise ConfigError("train.num_workers", f"data-parallel training needs model.family=diffusion")
     if not (0.0 <= cfg.train.ema_decay < 1.0):
         raise ConfigError("train.ema_decay", f"must be in [0, 1), got {cfg.train.ema_decay}")
     for key in ("steps", "batch_size"):

@@ -89,7 +89,8 @@ class Driver:
         self.gens_this_session = 0
         self._report_written = 0.0
         # Step-level bars only for models slow enough to need them (a Gaussian generation takes ms).
-        self._bars = not self.quiet and cfg.model.family != Family.gaussian
+        # Bars redraw in place on a terminal; in a log file they would only pile up lines.
+        self._bars = not self.quiet and cfg.model.family != Family.gaussian and sys.stdout.isatty()
 
     # ------------------------------------------------------------------ setup
     def prepare_run_dir(self) -> bool:
@@ -135,7 +136,8 @@ class Driver:
 
         where = self.cfg.ray.address or os.environ.get("RAY_ADDRESS") or "a local Ray"
         self._log(f"mad: connecting to {where} (starting Ray takes a few seconds) ...")
-        remote.init(self.cfg.ray, quiet=self.quiet)
+        remote.init(self.cfg.ray, quiet=self.quiet,
+                    dashboard=any(c.cfg.train.num_workers > 1 for c in self.chains))
         stages = remote.Stages(self.cfg.resources)
         self.pools, self.references, self.moments, ref_sets = {}, {}, {}, {}
         for r in todo:

@@ -13,10 +13,10 @@ from typing import Optional
 import ray
 
 from mad import tasks
-from mad.config import RayConfig, ResourcesConfig
+from mad.config import Family, RayConfig, ResourcesConfig
 
 
-def init(cfg: RayConfig, quiet: bool = False) -> None:
+def init(cfg: RayConfig, quiet: bool = False, dashboard: bool = False) -> None:
     """Join the cluster at ``ray.address`` / $RAY_ADDRESS, or start a private local Ray."""
     if ray.is_initialized():
         return
@@ -35,7 +35,8 @@ def init(cfg: RayConfig, quiet: bool = False) -> None:
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     temp_dir = cfg.temp_dir or os.path.join(tempfile.gettempdir(), "mad-ray")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=cfg.num_cpus, _temp_dir=temp_dir, include_dashboard=False,
+    # The dashboard costs start-up time; Ray Train's bookkeeping needs its state API.
+    ray.init(num_cpus=cfg.num_cpus, _temp_dir=temp_dir, include_dashboard=dashboard,
              runtime_env=runtime_env, log_to_driver=not quiet,
              logging_level="ERROR" if quiet else "WARNING", configure_logging=True)
 
@@ -56,16 +57,57 @@ def _use_assigned_resources() -> Optional[str]:
     return "cpu"
 
 
-@ray.remote
-def _train(pool, seed, gen, manifest, synth_gens, shard_counts, family, model, train, init_state, progress,
-           *flat_shards):
-    device = _use_assigned_resources()
+def _split_shards(flat_shards: tuple, shard_counts) -> list:
     shards, i = [], 0
     for count in shard_counts:
         shards.append(flat_shards[i:i + count])
         i += count
-    return tasks.train_generation(pool, seed, gen, manifest, synth_gens, shards, family, model, train,
-                                  init_state=init_state, progress=progress, device=device)
+    return shards
+
+
+@ray.remote
+def _train(pool, seed, gen, manifest, synth_gens, shard_counts, family, model, train, init_state, progress,
+           *flat_shards):
+    device = _use_assigned_resources()
+    return tasks.train_generation(pool, seed, gen, manifest, synth_gens, _split_shards(flat_shards, shard_counts),
+                                  family, model, train, init_state=init_state, progress=progress, device=device)
+
+
+@ray.remote
+def _train_data_parallel(pool, seed, gen, manifest, synth_gens, shard_counts, family, model, train, init_state,
+                         progress, *flat_shards, resources):
+    """The launcher of a Ray Train (DDP) run: the same arguments and result as ``_train``.
+
+    It only assembles the data and waits, so it asks for no CPU (see ``_TrainStage``); the
+    Ray Train workers ask for ``resources.train_cpus`` / ``train_gpus`` each.
+    """
+    from mad import distributed
+
+    return distributed.train_generation_data_parallel(pool, seed, gen, manifest, synth_gens,
+                                                      _split_shards(flat_shards, shard_counts), model, train,
+                                                      resources, init_state=init_state, progress=progress)
+
+
+class _TrainStage:
+    """``stages.train``: the plain training task, or the data-parallel launcher when the call's
+    ``train.num_workers > 1``. Chosen per call, as a sweep may vary ``train.num_workers``."""
+
+    def __init__(self, res: ResourcesConfig):
+        self.res = res
+        self.single = _train.options(num_cpus=res.train_cpus, num_gpus=res.train_gpus, max_retries=res.max_retries)
+        # Zero CPUs: a launcher holding a CPU while its workers wait for theirs could starve them
+        # (on a 2-CPU machine, 2 workers of 1 CPU could never start). Its retries cover the death of
+        # the launcher's process; Ray Train reruns the training itself when a worker dies.
+        self.data_parallel = _train_data_parallel.options(num_cpus=0, max_retries=res.max_retries)
+
+    def remote(self, pool, seed, gen, manifest, synth_gens, shard_counts, family, model, train, init_state,
+               progress, *flat_shards):
+        args = (pool, seed, gen, manifest, synth_gens, shard_counts, family, model, train, init_state, progress,
+                *flat_shards)
+        # Only the diffusion family has a gradient loop to parallelise; a Gaussian fit is one pass.
+        if train.num_workers > 1 and Family(family) == Family.diffusion:
+            return self.data_parallel.remote(*args, resources=self.res)
+        return self.single.remote(*args)
 
 
 @ray.remote
@@ -93,7 +135,7 @@ class Stages:
 
     def __init__(self, res: ResourcesConfig):
         retry = {"max_retries": res.max_retries}
-        self.train = _train.options(num_cpus=res.train_cpus, num_gpus=res.train_gpus, **retry)
+        self.train = _TrainStage(res)
         self.sample = _sample.options(num_cpus=res.sample_cpus, num_gpus=res.sample_gpus, **retry)
         self.evaluate = _evaluate.options(num_cpus=res.eval_cpus, num_gpus=res.eval_gpus, **retry)
         self.prepare_reference = _prepare_reference.options(num_cpus=res.eval_cpus, num_gpus=res.eval_gpus,

@@ -102,9 +102,13 @@ def _load_unet(state: dict[str, torch.Tensor], model: ModelConfig, image_shape: 
     return net
 
 
-def _derive_seed(seed: int, stream: int) -> int:
-    """Independent 63-bit seeds for the separate random streams of one call (init, batches, noise)."""
-    return int(np.random.SeedSequence([int(seed), stream]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+def _derive_seed(seed: int, stream: int, *keys: int) -> int:
+    """Independent 63-bit seeds for the separate random streams of one call (init, batches, noise).
+
+    ``keys`` split a stream further (a data-parallel rank); none gives the single-process seed.
+    """
+    entropy = [int(seed), stream, *[int(k) for k in keys]]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def _resolve_device(device: str | None) -> torch.device:
@@ -135,6 +139,20 @@ def _index_batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[to
         buf = buf[batch_size:]
 
 
+def _distributed_rank() -> tuple[int, int]:
+    """(rank, world size) inside a torch.distributed process group (e.g. Ray Train's), else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _rank_slice(batch_size: int, rank: int, world_size: int) -> slice:
+    """This rank's part of a global batch: contiguous, the sizes differing by at most one."""
+    base, extra = divmod(batch_size, world_size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (1 if rank < extra else 0))
+
+
 def train(
     x: np.ndarray,
     y: np.ndarray | None,
@@ -151,6 +169,12 @@ def train(
     ``init_state`` fine-tunes from earlier weights (``train.init=previous``); None starts
     from a fresh, seeded initialisation. The result is a flat CPU state dict of
     contiguous tensors, ready for ``safetensors.torch.save_file``.
+
+    Inside a torch.distributed process group (``mad.distributed`` runs one under Ray Train)
+    the UNet is wrapped in DistributedDataParallel: every rank draws the same global batch
+    of ``train.batch_size`` indices and trains on its own slice of it, with its own noise;
+    DDP averages the gradients, so the weights, and hence the EMA, stay identical on all
+    ranks and each returns the same state dict, with the single-process keys.
     """
     x = np.asarray(x)
     if x.ndim != 4 or x.dtype != np.uint8:
@@ -166,7 +190,13 @@ def train(
             raise ValueError(f"y must have shape ({len(x)},), got {y.shape}")
         if y.min() < 0 or y.max() >= num_classes:
             raise ValueError(f"labels must lie in [0, {num_classes}), got [{y.min()}, {y.max()}]")
+    rank, world_size = _distributed_rank()
+    if train.batch_size < world_size:
+        raise ValueError(f"train.batch_size ({train.batch_size}) must be at least the number of "
+                         f"data-parallel workers ({world_size}): every worker needs a sample per step")
     dev = _resolve_device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())  # DDP needs the index
     image_shape = tuple(int(v) for v in x.shape[1:])
 
     # Build on CPU under a forked RNG: the initialisation is a function of the seed
@@ -177,6 +207,11 @@ def train(
     if init_state is not None:
         net.load_state_dict(init_state, strict=True)
     net.to(dev).train()
+    forward = net
+    if world_size > 1:
+        # DDP broadcasts rank 0's weights once, then all-reduces (averages) the gradients each step;
+        # the optimizer and the EMA keep working on the plain ``net``, whose names carry no "module." prefix.
+        forward = torch.nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
 
     noise_scheduler = DDPMScheduler(num_train_timesteps=model.num_train_timesteps)
     optimizer = torch.optim.AdamW(net.parameters(), lr=train.lr, weight_decay=train.weight_decay)
@@ -186,14 +221,22 @@ def train(
     # Images stay uint8 on the device (4x smaller than float); each batch is scaled on the fly.
     data = torch.from_numpy(np.ascontiguousarray(x)).to(dev)
     labels = torch.from_numpy(y.astype(np.int64)).to(dev) if conditional else None
+    # The index stream is the same on every rank (the single-process one): the ranks split each global
+    # batch between them, so an epoch still shows every image once, whatever the number of workers.
     index_gen = torch.Generator().manual_seed(_derive_seed(seed, 1))
-    # noise, timesteps and label dropout come from a generator on the device, so no host->device copies per step
-    gen = torch.Generator(device=dev).manual_seed(_derive_seed(seed, 2))
+    # noise, timesteps and label dropout come from a generator on the device, so no host->device copies per step;
+    # each rank has its own stream, or two ranks would add the same noise to their images
+    rank_keys = (rank,) if world_size > 1 else ()
+    gen = torch.Generator(device=dev).manual_seed(_derive_seed(seed, 2, *rank_keys))
     batches = _index_batches(len(x), train.batch_size, index_gen)
+    mine = _rank_slice(train.batch_size, rank, world_size)
+    # DDP averages the ranks' gradients; weighting each rank's mean loss by its share of the global batch
+    # makes that average the gradient of the global-batch mean even when the split is uneven
+    share = (mine.stop - mine.start) * world_size / train.batch_size
     T = noise_scheduler.config.num_train_timesteps
 
-    for step in progress_bar(range(train.steps), "train", progress):
-        idx = next(batches).to(dev)
+    for step in progress_bar(range(train.steps), "train", progress and rank == 0):
+        idx = next(batches)[mine].to(dev)
         clean = to_unit_range(data[idx])
         noise = torch.randn(clean.shape, generator=gen, device=dev)
         timesteps = torch.randint(0, T, (clean.shape[0],), generator=gen, device=dev)
@@ -203,10 +246,12 @@ def train(
             # label dropout teaches the null label, which classifier-free guidance needs at sampling time
             drop = torch.rand(cls.shape, generator=gen, device=dev) < model.label_dropout
             cls = torch.where(drop, torch.full_like(cls, num_classes), cls)
-            pred = net(noisy, timesteps, class_labels=cls).sample
+            pred = forward(noisy, timesteps, class_labels=cls).sample
         else:
-            pred = net(noisy, timesteps).sample
+            pred = forward(noisy, timesteps).sample
         loss = F.mse_loss(pred.float(), noise.float())
+        if world_size > 1:
+            loss = loss * share
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
