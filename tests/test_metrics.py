@@ -1,6 +1,7 @@
 """FID and precision/recall/density/coverage against theory and the reference implementations
 (clean-fid's Frechet distance, the ``prdc`` package), plus the driver-facing raw-feature path."""
 import contextlib
+import importlib
 import io
 import math
 import pickle
@@ -125,6 +126,22 @@ def test_prdc_is_independent_of_chunking_and_accepts_tensors():
     assert prdc(real, fake, 4, chunk_elems=1000) == whole
     assert prdc(torch.from_numpy(real), torch.from_numpy(fake), 4) == whole
     assert whole == pytest.approx({k: float(v) for k, v in reference_prdc(real, fake, 4).items()}, abs=1e-6)
+
+
+def test_prdc_float64_approximation_path():
+    """Where float32 GEMMs may be lower precision (TF32/bf16 allowed, or CUDA) the approximate
+    pass runs in float64; the results must not change."""
+    rng = np.random.default_rng(8)
+    real, fake = rng.standard_normal((120, 12)).astype(np.float32), rng.standard_normal((90, 12))
+    expected = prdc(real, fake, 3)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        assert importlib.import_module("mad.metrics.prdc")._approx_dtype(torch.device("cpu")) == torch.float64
+        assert prdc(real, fake, 3) == expected
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert expected == pytest.approx({k: float(v) for k, v in reference_prdc(real, fake, 3).items()}, abs=1e-6)
 
 
 def test_precomputed_radii_match_the_reference_and_reuse():
