@@ -2,8 +2,9 @@
 (Naeem et al.'s reference code), side by side on the same features, then ours alone at a size the
 reference cannot hold in memory, with the process' peak resident memory.
 
-    python benchmarks/bench_prdc.py            # 5,000 x 5,000 side by side; 60,000 x 60,000 ours
-    python benchmarks/bench_prdc.py --quick    # 1,000 side by side; 10,000 ours
+    python benchmarks/bench_prdc.py                         # 5,000 side by side; 60,000 ours alone
+    python benchmarks/bench_prdc.py --quick                 # 1,000 side by side; 10,000 ours alone
+    python benchmarks/bench_prdc.py --repeats 3 --n-big 0   # side by side only, median of 3
 
 Features imitate Inception activations: 2048-d, non-negative (ReLU of a 32-d latent through a
 random linear map, plus noise), float32. The "fake" set is a slightly shifted, narrower version.
@@ -17,6 +18,7 @@ import io
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -43,7 +45,7 @@ def pair(n: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
     return make_features(n, dim, 0, 0.0, 1.0), make_features(n, dim, 1, 0.1, 0.9)
 
 
-def side_by_side(n: int, dim: int, k: int) -> dict:
+def side_by_side(n: int, dim: int, k: int, repeats: int) -> dict:
     from prdc import compute_prdc
 
     from mad.metrics import prdc
@@ -53,14 +55,20 @@ def side_by_side(n: int, dim: int, k: int) -> dict:
     with contextlib.redirect_stdout(io.StringIO()):
         compute_prdc(real[:200], fake[:200], k)
     # wall time and CPU time (all threads): on a machine shared with other jobs the CPU time is
-    # the steadier measure of work; sklearn (inside prdc) runs 8 threads, torch its own pool
-    t0, c0 = time.perf_counter(), time.process_time()
-    ours = prdc(real, fake, k)
-    t_ours, c_ours = time.perf_counter() - t0, time.process_time() - c0
-    t0, c0 = time.perf_counter(), time.process_time()
-    with contextlib.redirect_stdout(io.StringIO()):
-        ref = compute_prdc(real, fake, k)
-    t_ref, c_ref = time.perf_counter() - t0, time.process_time() - c0
+    # the steadier measure of work; sklearn (inside prdc) runs 8 threads, torch its own pool.
+    # Repeats alternate the two, so both see the same background load; medians are reported.
+    t_o, c_o, t_r, c_r = [], [], [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        ours = prdc(real, fake, k)
+        t_o.append(time.perf_counter() - t0)
+        c_o.append(time.process_time() - c0)
+        t0, c0 = time.perf_counter(), time.process_time()
+        with contextlib.redirect_stdout(io.StringIO()):
+            ref = compute_prdc(real, fake, k)
+        t_r.append(time.perf_counter() - t0)
+        c_r.append(time.process_time() - c0)
+    t_ours, c_ours, t_ref, c_ref = (statistics.median(v) for v in (t_o, c_o, t_r, c_r))
     diff = max(abs(ours[m] - float(ref[m])) for m in ours)
     return {"n": n, "dim": dim, "k": k, "ours_s": t_ours, "prdc_s": t_ref, "speedup": t_ref / t_ours,
             "ours_cpu_s": c_ours, "prdc_cpu_s": c_ref, "max_abs_diff": diff, "ours": ours,
@@ -85,26 +93,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (1,000 side by side, 10,000 alone)")
     ap.add_argument("--n-side", type=int, default=None, help="samples per set, side by side (default 5000)")
-    ap.add_argument("--n-big", type=int, default=None, help="samples per set, ours alone (default 60000)")
+    ap.add_argument("--n-big", type=int, default=None, help="samples per set, ours alone (default 60000; 0 skips)")
     ap.add_argument("--dim", type=int, default=2048)
     ap.add_argument("-k", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=1, help="alternating repeats of the side-by-side (medians)")
     ap.add_argument("--child-big", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child_big is not None:
         child_big(args.child_big, args.dim, args.k)
         return
     n_side = args.n_side or (1000 if args.quick else 5000)
-    n_big = args.n_big or (10_000 if args.quick else 60_000)
+    n_big = args.n_big if args.n_big is not None else (10_000 if args.quick else 60_000)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average at start "
           f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
-    r = side_by_side(n_side, args.dim, args.k)
-    print(f"\n## side by side: {r['n']} real x {r['n']} fake x {r['dim']} features, k={r['k']}")
+    r = side_by_side(n_side, args.dim, args.k, args.repeats)
+    print(f"\n## side by side: {r['n']} real x {r['n']} fake x {r['dim']} features, k={r['k']}, "
+          f"median of {args.repeats} alternating run(s)")
     print(f"ours (mad.metrics.prdc): {r['ours_s']:8.2f} s wall {r['ours_cpu_s']:8.2f} s CPU  {r['ours']}")
     print(f"prdc 0.2 (reference)   : {r['prdc_s']:8.2f} s wall {r['prdc_cpu_s']:8.2f} s CPU  {r['prdc']}")
     print(f"speedup: {r['speedup']:.2f}x wall, {r['prdc_cpu_s'] / r['ours_cpu_s']:.2f}x CPU time   "
           f"max |difference| of the four values: {r['max_abs_diff']:.2e}")
 
+    if n_big <= 0:
+        print(f"load average at end {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+        return
     print(f"\n## ours alone: {n_big} real x {n_big} fake x {args.dim} features, k={args.k} (fresh process)")
     cmd = [sys.executable, __file__, "--child-big", str(n_big), "--dim", str(args.dim), "-k", str(args.k)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
