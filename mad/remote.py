@@ -21,7 +21,9 @@ def init(cfg: RayConfig, quiet: bool = False, dashboard: bool = False) -> None:
     if ray.is_initialized():
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}}
+    # OpenMP threads that spin at barriers make small torch ops 15-60x slower on busy cores.
+    runtime_env = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning",
+                                "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=not quiet,
                  logging_level="ERROR" if quiet else "INFO")
