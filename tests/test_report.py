@@ -354,3 +354,13 @@ def test_chromium_real_digits_run(tmp_path):
     run_dir = _driver_run(tmp_path / "run", REAL_DIGITS)
     found = _render_check(run_dir)
     assert found["image_grids"] == 2 * 2  # 2 chains x 2 generations
+
+
+def test_report_command_on_a_folder_that_is_not_a_run_directory(tmp_path):
+    from conftest import run_cli
+
+    proc = run_cli("report", str(tmp_path))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not a run directory" in lines[0]
+    assert not (tmp_path / "report.html").exists()
