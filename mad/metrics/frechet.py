@@ -51,9 +51,8 @@ def feature_stats(feats: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.mean(arr, axis=0), np.atleast_2d(np.cov(arr, rowvar=False))
 
 
-def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
-    """Squared Frechet (Wasserstein-2) distance between N(mu1, sigma1) and N(mu2, sigma2),
-    through ``cleanfid.fid.frechet_distance``; returns a plain float."""
+def _check_gaussians(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> tuple:
+    """Both Gaussians as float64 arrays of matching shapes, or a one-line ValueError."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, dtype=np.float64)), np.atleast_1d(np.asarray(mu2, dtype=np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, dtype=np.float64)), np.atleast_2d(np.asarray(sigma2, dtype=np.float64))
     if mu1.shape != mu2.shape:
@@ -64,6 +63,13 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
     for name, a in (("mu1", mu1), ("sigma1", sigma1), ("mu2", mu2), ("sigma2", sigma2)):
         if not np.isfinite(a).all():
             raise ValueError(f"{name} contains NaN or inf values")
+    return mu1, sigma1, mu2, sigma2
+
+
+def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
+    """Squared Frechet (Wasserstein-2) distance between N(mu1, sigma1) and N(mu2, sigma2),
+    through ``cleanfid.fid.frechet_distance``; returns a plain float."""
+    mu1, sigma1, mu2, sigma2 = _check_gaussians(mu1, sigma1, mu2, sigma2)
     from cleanfid.fid import frechet_distance as _clean_frechet
     from scipy.linalg import LinAlgWarning
 
@@ -90,16 +96,7 @@ def frechet_distance_fast(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, sigma1_s
     pass ``sigma1_sqrt`` (from :func:`sqrt_psd`) when ``sigma1`` is fixed, e.g. the real set."""
     import torch
 
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, dtype=np.float64)), np.atleast_1d(np.asarray(mu2, dtype=np.float64))
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, dtype=np.float64)), np.atleast_2d(np.asarray(sigma2, dtype=np.float64))
-    if mu1.shape != mu2.shape:
-        raise ValueError(f"means have different widths: {mu1.shape[0]} vs {mu2.shape[0]}")
-    d = mu1.shape[0]
-    if sigma1.shape != (d, d) or sigma2.shape != (d, d):
-        raise ValueError(f"covariances must be {d}x{d}, got {sigma1.shape} and {sigma2.shape}")
-    for name, a in (("mu1", mu1), ("sigma1", sigma1), ("mu2", mu2), ("sigma2", sigma2)):
-        if not np.isfinite(a).all():
-            raise ValueError(f"{name} contains NaN or inf values")
+    mu1, sigma1, mu2, sigma2 = _check_gaussians(mu1, sigma1, mu2, sigma2)
     a = torch.as_tensor(sqrt_psd(sigma1) if sigma1_sqrt is None else np.asarray(sigma1_sqrt, dtype=np.float64))
     m = a @ torch.as_tensor(sigma2) @ a
     # A S2 A is symmetric PSD in exact arithmetic: its eigenvalues are those of S1 S2
