@@ -132,6 +132,7 @@ class Driver:
                   f"run directory {self.run_dir.root}" + (" (resuming)" if resuming else ""))
         if not todo:
             self._after_generation(final=True)
+            self._print_table()
             return self.run_dir
 
         where = self.cfg.ray.address or os.environ.get("RAY_ADDRESS") or "a local Ray"
@@ -170,7 +171,15 @@ class Driver:
         self._after_generation(final=True)
         self._log(f"mad: done in {time.time() - self.t_start:.1f}s; metrics in {self.run_dir.root / artifacts.METRICS}; "
                   f"dashboard {self.run_dir.root / 'report.html'}")
+        self._print_table()
         return self.run_dir
+
+    def _print_table(self) -> None:
+        """The per-generation table of every chain, read back from the run directory."""
+        if not self.quiet:
+            from mad.report import load_run, text_table
+
+            self._log("\n" + text_table(load_run(self.run_dir.root)))
 
     def _restore(self, r: ChainRun, remote) -> None:
         """Bring back what a resumed chain needs from disk: earlier synthetic sets and weights."""

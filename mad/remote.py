@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import tempfile
+import warnings
 from typing import Optional
 
 import ray
@@ -51,6 +52,10 @@ def shutdown() -> None:
 def _use_assigned_resources() -> Optional[str]:
     """Threads from the CPUs Ray gave this task (workers start with OMP_NUM_THREADS=1); CUDA if it got a GPU."""
     import torch
+
+    # Arrays from Ray's object store are read-only zero-copy views. Tasks only read their inputs,
+    # so torch's "The given NumPy array is not writable" warning is noise in the user's console.
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 
     assigned = ray.get_runtime_context().get_assigned_resources()
     torch.set_num_threads(max(1, int(round(assigned.get("CPU", 1)))))

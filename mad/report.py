@@ -514,6 +514,38 @@ def final_value(run: RunData, chain: ChainInfo, metric: str) -> tuple[Optional[f
     return None, None
 
 
+
+TABLE_METRICS = ("fid", "precision", "recall", "w2", "trace_ratio")  # the headline numbers, in this order
+
+
+def text_table(run: RunData, metrics: Optional[Iterable[str]] = None, max_gens: int = MAX_PREVIEW_GENS) -> str:
+    """The per-generation table printed at the end of a run and by ``python run.py report``: one
+    block per headline metric, a row per chain, a column per finished generation (at most
+    ``max_gens``, evenly spread, first and last always). Missing values show as ``-``."""
+    shown = [m for m in (TABLE_METRICS if metrics is None else metrics) if m in run.metrics]
+    done = sorted({g for c in run.chains for g in c.done})
+    if not shown or not done:
+        return "no finished generations yet"
+    gens = select_gens(done, max_gens)
+    name_w = max(len("chain"), *(len(c.name) for c in run.chains))
+    col_w = max(8, *(len(f"gen {g}") + 2 for g in gens))
+    features = _dotted_get(run.config, "metrics.features")
+    blocks = []
+    for m in shown:
+        title = m if m != "fid" or not features else f"fid on {features} features"
+        hint = METRIC_HINTS.get(m)
+        lines = [f"{title} ({hint})" if hint else title,
+                 f"  {'chain':<{name_w}}" + "".join(f"{'gen ' + str(g):>{col_w}}" for g in gens)]
+        for c in run.chains:
+            cells = (run.value(c.name, g, m) for g in gens)
+            lines.append(f"  {c.name:<{name_w}}" + "".join(f"{'-' if v is None else f'{v:.4g}':>{col_w}}"
+                                                           for v in cells))
+        blocks.append("\n".join(lines))
+    if len(gens) < len(done):
+        blocks.append(f"({len(gens)} of {len(done)} generations shown; all of them in metrics.jsonl)")
+    return "\n\n".join(blocks)
+
+
 @dataclass
 class Heatmap:
     title: str

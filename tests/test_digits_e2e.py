@@ -28,6 +28,12 @@ def test_three_loops_two_generations_through_run_py(tmp_path):
         assert r["n_synth"] == (0 if r["gen"] == 1 else 200)
     # the per-generation table reached the console
     assert "gen   2/2" in proc.stdout and "fid=" in proc.stdout
+    # ... and the final table, one row per chain, is printed at the end
+    table = proc.stdout[proc.stdout.index("fid on classifier features"):]
+    for r in recs:
+        row = next(line for line in table.splitlines() if line.strip().startswith(r["chain"]))
+        assert f"{r['fid']:.4g}" in row.split()[1:], (row, r)
+    assert "UserWarning" not in proc.stdout + proc.stderr
 
     cfg = load_config(out / "config.yaml", ["sweep={}"])
     for chain in json.loads((out / "chains.json").read_text()):

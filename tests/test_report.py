@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mad.report import ReportError, group_chains, load_run, theory_trace_ratio, write_report
+from mad.report import ReportError, group_chains, load_run, text_table, theory_trace_ratio, write_report
 from report_fixtures import write_digits_run, write_empty_run, write_gaussian_run
 
 GAUSS_GENS, GAUSS_SEEDS = 5, 2
@@ -63,6 +63,27 @@ def test_load_counts_only_finished_generations(gauss_run):
     assert len(run.rows) == len(run.chains) * GAUSS_GENS
     assert run.metrics == ["w2", "trace_ratio", "mean_shift"]
     assert list(run.sweep) == ["loop.kind", "sample.bias", "seed"]
+
+
+def test_text_table_shows_every_chain_and_generation(gauss_run):
+    run = load_run(gauss_run)
+    table = text_table(run)
+    blocks = table.split("\n\n")
+    assert [b.splitlines()[0].split()[0] for b in blocks] == [m for m in ("fid", "precision", "recall", "w2",
+                                                                        "trace_ratio") if m in run.metrics]
+    for block in blocks:
+        metric = block.splitlines()[0].split()[0]
+        rows = block.splitlines()[2:]
+        assert len(rows) == len(run.chains)
+        for c, row in zip(run.chains, rows):
+            cells = row.split()
+            assert cells[0] == c.name and len(cells) == 1 + GAUSS_GENS
+            for gen, cell in zip(range(1, GAUSS_GENS + 1), cells[1:]):
+                assert cell == f"{run.value(c.name, gen, metric):.4g}"
+    # long runs: at most max_gens columns, first and last kept, and the table says so
+    short = text_table(run, metrics=["w2"], max_gens=3)
+    assert short.splitlines()[1].split()[1:] == ["gen", "1", "gen", "3", "gen", str(GAUSS_GENS)]
+    assert f"3 of {GAUSS_GENS} generations shown" in short
 
 
 def test_groups_differ_only_in_seed_and_style_by_loop_and_lambda(gauss_run):
@@ -364,3 +385,12 @@ def test_report_command_on_a_folder_that_is_not_a_run_directory(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "not a run directory" in lines[0]
     assert not (tmp_path / "report.html").exists()
+
+
+def test_report_command_prints_the_table(gauss_run):
+    from conftest import run_cli
+
+    proc = run_cli("report", str(gauss_run))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(text_table(load_run(gauss_run)))
+    assert proc.stdout.strip().endswith(str(gauss_run / "report.html"))

@@ -75,7 +75,8 @@ def _as_uint8_images(x: Any, name: str = "images") -> np.ndarray:
 
 
 def _to_unit_range(x: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=torch.float32) / 127.5 - 1.0
+    # a float32 copy (writable even when ``x`` is a read-only array from Ray's object store)
+    return torch.from_numpy(x.astype(np.float32)).to(device) / 127.5 - 1.0
 
 
 def _default_device() -> torch.device:
