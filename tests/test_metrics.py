@@ -105,17 +105,38 @@ def _sets(kind: str, n_real: int, n_fake: int, d: int, rng):
     raise AssertionError(kind)
 
 
+# every approximate-pass dtype must give the reference's numbers; None is the automatic choice
+GEMM_DTYPES = [None, torch.bfloat16, torch.float32, torch.float64]
+
+
+@pytest.mark.parametrize("gemm_dtype", GEMM_DTYPES, ids=str)
 @pytest.mark.parametrize("kind", ["float64", "float32", "ties", "offset", "outlier", "mixed"])
 @pytest.mark.parametrize("n_real,n_fake,d,k", [(200, 150, 2, 5), (120, 300, 16, 3), (300, 250, 64, 10), (50, 40, 1, 1)])
-def test_prdc_matches_reference_package(kind, n_real, n_fake, d, k):
+def test_prdc_matches_reference_package(kind, n_real, n_fake, d, k, gemm_dtype):
     rng = np.random.default_rng(n_real * 7 + d + k)
     real, fake = _sets(kind, n_real, n_fake, d, rng)
     expected = reference_prdc(real, fake, k)
-    got = prdc(real, fake, k)
+    got = prdc(real, fake, k, gemm_dtype=gemm_dtype)
     assert set(got) == {"precision", "recall", "density", "coverage"}
     for key in expected:
         assert isinstance(got[key], float)
         assert got[key] == pytest.approx(float(expected[key]), abs=1e-6), key
+
+
+def _inception_like(n: int, d: int, seed: int, shift: float, scale: float) -> np.ndarray:
+    """Non-negative 2048-d features with low-rank structure, like Inception pool features."""
+    rng = np.random.default_rng(seed)
+    w = np.random.default_rng(99).standard_normal((32, d)).astype(np.float32) / np.sqrt(32)
+    z = rng.standard_normal((n, 32)).astype(np.float32) * scale + shift
+    return np.maximum(z @ w + 0.3 * rng.standard_normal((n, d)).astype(np.float32), 0)
+
+
+@pytest.mark.parametrize("gemm_dtype", GEMM_DTYPES, ids=str)
+def test_prdc_matches_reference_on_inception_like_features(gemm_dtype):
+    """Full-width features, where distances concentrate and the error bounds are tested hardest."""
+    real, fake = _inception_like(700, 2048, 0, 0.0, 1.0), _inception_like(600, 2048, 1, 0.1, 0.9)
+    expected = {m: float(v) for m, v in reference_prdc(real, fake, 5).items()}
+    assert prdc(real, fake, 5, gemm_dtype=gemm_dtype) == pytest.approx(expected, abs=1e-6)
 
 
 def test_prdc_is_independent_of_chunking_and_accepts_tensors():
@@ -128,19 +149,26 @@ def test_prdc_is_independent_of_chunking_and_accepts_tensors():
     assert whole == pytest.approx({k: float(v) for k, v in reference_prdc(real, fake, 4).items()}, abs=1e-6)
 
 
-def test_prdc_float64_approximation_path():
-    """Where float32 GEMMs may be lower precision (TF32/bf16 allowed, or CUDA) the approximate
-    pass runs in float64; the results must not change."""
+def test_prdc_gemm_dtype_choice():
+    """Where float32 GEMMs may be lower precision (TF32/bf16 allowed) the automatic choice is never
+    float32 (bfloat16 on CPUs with AMX, else float64), and asking for float32 there is refused;
+    the results do not change."""
+    mod = importlib.import_module("mad.metrics.prdc")
     rng = np.random.default_rng(8)
     real, fake = rng.standard_normal((120, 12)).astype(np.float32), rng.standard_normal((90, 12))
     expected = prdc(real, fake, 3)
     before = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("high")
     try:
-        assert importlib.import_module("mad.metrics.prdc")._approx_dtype(torch.device("cpu")) == torch.float64
+        assert mod._approx_dtype(torch.device("cpu")) in (torch.bfloat16, torch.float64)
         assert prdc(real, fake, 3) == expected
+        with pytest.raises(ValueError, match="highest"):
+            prdc(real, fake, 3, gemm_dtype=torch.float32)
     finally:
         torch.set_float32_matmul_precision(before)
+    assert mod._approx_dtype(torch.device("cpu")) == (torch.bfloat16 if mod._fast_bf16_cpu() else torch.float32)
+    with pytest.raises(ValueError, match="gemm_dtype must be one of"):
+        prdc(real, fake, 3, gemm_dtype=torch.float16)
     assert expected == pytest.approx({k: float(v) for k, v in reference_prdc(real, fake, 3).items()}, abs=1e-6)
 
 
