@@ -114,7 +114,9 @@ def test_classifier_metrics_through_the_driver_api(digits, cache_dir, trained):
     cfg = MetricsConfig(features=Features.classifier, cache_dir=str(cache_dir), classifier_epochs=EPOCHS)
     ref = prepare_reference(xte, yte, xtr, ytr, cfg, 10)
     assert ref.features_kind == "classifier" and ref.feats.shape == (500, 128)
-    assert ref.class_hist.shape == (10,) and ref.class_hist.sum() == pytest.approx(1.0)
+    # the reference's class histogram (the classifier's predictions on the real reference set)
+    # follows the real labels' frequencies up to the classifier's few errors
+    np.testing.assert_allclose(ref.class_hist, np.bincount(yte, minlength=10) / len(yte), atol=0.01)
     # workers rebuild the classifier from the pickled reference, without the disk cache
     evaluate_module._CLASSIFIERS.clear()
     ref = pickle.loads(pickle.dumps(ref))
@@ -144,7 +146,7 @@ def test_image_inputs_are_checked(digits, trained):
         train_classifier(xtr[:10], None, 10, epochs=1)
     with pytest.raises(ValueError, match="out of range"):
         train_classifier(xtr[:10], np.full(10, 12), 10, epochs=1)
-    assert raw_features(xtr[:5]).shape == (5, 64)
+    np.testing.assert_array_equal(raw_features(xtr[:5]), xtr[:5].reshape(5, -1).astype(np.float64))
 
 
 # ----------------------------------------------------------------------------- inception
