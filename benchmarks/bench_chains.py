@@ -148,7 +148,7 @@ def main() -> None:
         finally:
             remote.shutdown()
     print()
-    print(f"| family | chains | concurrent (s) | sequential, 2 CPUs per task (s) | ratio seq/conc |")
+    print("| family | chains | concurrent (s) | sequential, 2 CPUs per task (s) | ratio seq/conc |")
     print("| --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['family']} | {r['chains']} | {r['conc']:.1f} | {r['seq']:.1f} | {r['ratio']:.2f}x |")

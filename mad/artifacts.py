@@ -45,6 +45,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; run files (and the report) are for others to read
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -71,10 +72,10 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         return {k: f[k] for k in f.files}
 
 
-def write_state(path: Path, state: dict) -> None:
+def write_state(path: Path, state: dict, metadata: Optional[dict[str, str]] = None) -> None:
     from safetensors.torch import save
 
-    _atomic_write_bytes(Path(path), save({k: v.contiguous() for k, v in state.items()}))
+    _atomic_write_bytes(Path(path), save({k: v.contiguous() for k, v in state.items()}, metadata=metadata))
 
 
 def read_state(path: Path) -> dict:

@@ -77,12 +77,13 @@ def _report(argv: List[str]) -> int:
     rest = [a for a in argv if a != "--png"]
     if len(rest) != 1 or rest[0].startswith("--"):
         return _fail("usage: python run.py report RUN_DIR [--png]")
-    from mad.report import ReportError, load_run, text_table, write_report
+    from mad.report import ReportError, load_run, text_table, write_run_report
 
     try:
-        path = write_report(rest[0], png=png)
+        run = load_run(rest[0])
     except ReportError as err:
         return _fail(str(err))
-    print(text_table(load_run(rest[0])))
+    path = write_run_report(run, png=png)
+    print(text_table(run))
     print(f"\ndashboard: {path}")
     return 0

@@ -332,6 +332,16 @@ def science_dict(cfg: Config) -> Dict[str, Any]:
     return d
 
 
+def science_of_yaml(text: str) -> Dict[str, Any]:
+    """``science_dict`` of a stored config.yaml (as the driver wrote it), for the resume check."""
+    import yaml
+
+    d = yaml.safe_load(text) or {}
+    for key in _RESUME_IGNORED:
+        d.pop(key, None)
+    return d
+
+
 # ----------------------------------------------------------------------------- sweeps
 def get_dotted(cfg: Any, key: str) -> Any:
     cur = cfg
@@ -440,7 +450,7 @@ def _validate_one(cfg: Config) -> None:
         raise ConfigError("train.num_workers", f"{cfg.train.num_workers} workers need train.batch_size >= "
                           f"{cfg.train.num_workers} (every worker needs a sample per step)")
     if cfg.train.num_workers > 1 and m.family != Family.diffusion:
-        raise ConfigError("train.num_workers", f"data-parallel training needs model.family=diffusion")
+        raise ConfigError("train.num_workers", "data-parallel training needs model.family=diffusion")
     if not (0.0 <= cfg.train.ema_decay < 1.0):
         raise ConfigError("train.ema_decay", f"must be in [0, 1), got {cfg.train.ema_decay}")
     for key in ("steps", "batch_size"):

@@ -32,7 +32,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from mad import seeding, tasks
+from mad import tasks
 from mad.config import ModelConfig, ResourcesConfig, TrainConfig
 from mad.data import RealPool
 
@@ -142,9 +142,6 @@ def train_generation_data_parallel(pool: RealPool, seed: int, gen: int, manifest
                                    train: TrainConfig, resources: ResourcesConfig,
                                    init_state: Optional[dict] = None, progress: bool = False) -> dict:
     """``tasks.train_generation`` for ``train.num_workers > 1``: the same data and seed, trained with DDP."""
-    # The same training set, labels and seed as tasks.train_generation (keep the two in step).
-    x, y = tasks.assemble_training_set(pool, seed, manifest, synth_gens, synth_shards)
-    if not model.conditional:
-        y = None
-    return train_data_parallel(x, y, pool.num_classes, model, train, seeding.derive_seed(seed, gen, seeding.TRAIN),
+    x, y, train_seed = tasks.training_inputs(pool, seed, gen, manifest, synth_gens, synth_shards, model)
+    return train_data_parallel(x, y, pool.num_classes, model, train, train_seed,
                                resources, init_state=init_state, progress=progress).state

@@ -20,7 +20,7 @@ import numpy as np
 import loops
 from mad import artifacts, seeding
 from mad.config import (Config, DataName, Family, SynthSource, TrainInit, config_to_dict, resolved_counts,
-                        science_dict, to_yaml)
+                        science_dict, science_of_yaml, to_yaml)
 from mad.plan import Chain, plan_chains
 from mad.progress import console_print
 
@@ -51,15 +51,6 @@ class Submitted:
     state: Any
     shards: list
     started: float
-
-
-def _science_of_yaml(text: str) -> dict:
-    import yaml
-
-    d = yaml.safe_load(text) or {}
-    for key in ("report", "ray", "resources"):
-        d.pop(key, None)
-    return d
 
 
 def _data_key(cfg: Config) -> str:
@@ -94,7 +85,7 @@ class Driver:
 
     # ------------------------------------------------------------------ setup
     def prepare_run_dir(self) -> bool:
-        resuming = self.run_dir.check_or_write_config(to_yaml(self.cfg), science_dict(self.cfg), _science_of_yaml)
+        resuming = self.run_dir.check_or_write_config(to_yaml(self.cfg), science_dict(self.cfg), science_of_yaml)
         self.run_dir.write_chains([c.describe() for c in self.chains])
         # metrics.jsonl is rebuilt from the DONE generations, so a crash between DONE and the
         # append (or an append of a generation that never got DONE) cannot leave it inconsistent.
@@ -132,7 +123,6 @@ class Driver:
                   f"run directory {self.run_dir.root}" + (" (resuming)" if resuming else ""))
         if not todo:
             self._after_generation(final=True)
-            self._print_table()
             return self.run_dir
 
         where = self.cfg.ray.address or os.environ.get("RAY_ADDRESS") or "a local Ray"
@@ -168,18 +158,10 @@ class Driver:
             if not sub.run.finished:
                 nxt, ref = self._submit(sub.run, stages, remote)
                 pending[ref] = nxt
-        self._after_generation(final=True)
         self._log(f"mad: done in {time.time() - self.t_start:.1f}s; metrics in {self.run_dir.root / artifacts.METRICS}; "
                   f"dashboard {self.run_dir.root / 'report.html'}")
-        self._print_table()
+        self._after_generation(final=True)
         return self.run_dir
-
-    def _print_table(self) -> None:
-        """The per-generation table of every chain, read back from the run directory."""
-        if not self.quiet:
-            from mad.report import load_run, text_table
-
-            self._log("\n" + text_table(load_run(self.run_dir.root)))
 
     def _restore(self, r: ChainRun, remote) -> None:
         """Bring back what a resumed chain needs from disk: earlier synthetic sets and weights."""
@@ -269,14 +251,17 @@ class Driver:
         left = total - len(self.records)
         elapsed = time.time() - self.t_start
         eta = elapsed / max(1, self.gens_this_session) * left
-        shown = [k for k in ("fid", "precision", "recall", "w2", "trace_ratio") if k in rec]
+        from mad.report import TABLE_METRICS
+
+        shown = [k for k in TABLE_METRICS if k in rec]
         vals = "  ".join(f"{k}={rec[k]:.4g}" for k in shown)
         self._log(f"[{rec['chain']}] gen {rec['gen']:>3}/{cfg.loop.generations}  {vals}  "
                   f"({rec['wall_s']:.1f}s, elapsed {elapsed:.0f}s, ~{eta:.0f}s left)")
 
     def _after_generation(self, record: Optional[dict] = None, x: Optional[np.ndarray] = None,
                           final: bool = False) -> None:
-        """Dashboards: TensorBoard scalars and sample grids, and the live HTML report."""
+        """Dashboards: TensorBoard scalars and sample grids, the live HTML report, and at the end the
+        console table of every chain and generation."""
         if record is not None and self.cfg.report.tensorboard:
             if self.tracker is None:
                 from mad.tracking import TensorBoardTracker
@@ -286,14 +271,21 @@ class Driver:
                                         None if x is None else x[:artifacts.PREVIEW_SIZE])
         # The page embeds plotly (~5 MB): rewrite it at most every few seconds, and once at the end.
         now = time.time()
-        if self.cfg.report.html and (final or now - self._report_written >= REPORT_EVERY_S):
-            from mad.report import write_report
+        html_due = self.cfg.report.html and (final or now - self._report_written >= REPORT_EVERY_S)
+        table_due = final and not self.quiet
+        if html_due or table_due:
+            from mad.report import load_run, text_table, write_run_report
 
-            try:
-                write_report(self.run_dir.root)
+            try:  # one read of the run directory serves both
+                run = load_run(self.run_dir.root)
+                if html_due:
+                    write_run_report(run)
+                if table_due:
+                    self._log("\n" + text_table(run))
             except Exception as err:  # a dashboard bug must not kill a days-long run
-                print(f"mad: warning: report.html not written: {err}", file=sys.stderr)
-            self._report_written = now
+                print(f"mad: warning: report not written: {err}", file=sys.stderr)
+            if html_due:
+                self._report_written = now
         if final and self.tracker is not None:
             self.tracker.close()
             self.tracker = None

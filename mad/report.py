@@ -18,7 +18,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from mad.artifacts import CHAINS, CONFIG, METRICS, PREVIEW, RunDir
+from mad.artifacts import CHAINS, CONFIG, METRICS, PREVIEW, RunDir, write_text
 from mad.plots import Line, encode_png, first_two_dims, is_image_batch, tile_images
 
 # Keys of a metrics.jsonl line that describe the line rather than measure the model.
@@ -830,17 +829,12 @@ def _write_pngs(run: RunData, groups: list[Group], panels: list[tuple[str, list[
                              hm.y_key, hm.y_labels, hm.z[metric], title=f"final {metric} {hm.title}".strip())
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report served over HTTP must be readable
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def write_run_report(run: RunData, png: bool = False) -> Path:
+    """``write_report`` for a run already loaded with ``load_run``."""
+    page = render_html(run, png_dir=run.run_dir / "figures" if png else None)
+    path = run.run_dir / "report.html"
+    write_text(path, page)
+    return path
 
 
 def write_report(run_dir: str | Path, png: bool = False) -> Path:
@@ -849,8 +843,4 @@ def write_report(run_dir: str | Path, png: bool = False) -> Path:
     Safe to call while the driver is still running: unfinished generations are ignored.
     Raises ReportError when ``run_dir`` has no config.yaml.
     """
-    run = load_run(run_dir)
-    page = render_html(run, png_dir=run.run_dir / "figures" if png else None)
-    path = run.run_dir / "report.html"
-    _write_atomic(path, page)
-    return path
+    return write_run_report(load_run(run_dir), png=png)

@@ -16,5 +16,10 @@ def derive_seed(seed: int, *keys: int) -> int:
     return int(seed_sequence(seed, *keys).generate_state(1, np.uint32)[0] >> 1)
 
 
+def derive_seed64(seed: int, *keys: int) -> int:
+    """A 63-bit integer seed, for torch.Generator (which takes 64 bits)."""
+    return int(seed_sequence(seed, *keys).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
 def rng(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng(seed_sequence(seed, *keys))

@@ -47,17 +47,23 @@ def assemble_training_set(pool: RealPool, seed: int, manifest: dict, synth_gens:
     return x, y
 
 
+def training_inputs(pool: RealPool, seed: int, gen: int, manifest: dict, synth_gens: Sequence[int],
+                    synth_shards: Sequence[Sequence[Shard]], model: ModelConfig
+                    ) -> tuple[np.ndarray, Optional[np.ndarray], int]:
+    """(x, y, training seed) of a generation; the single-process and the DDP paths both use it."""
+    x, y = assemble_training_set(pool, seed, manifest, synth_gens, synth_shards)
+    if not model.conditional:
+        y = None
+    return x, y, seeding.derive_seed(seed, gen, seeding.TRAIN)
+
+
 def train_generation(pool: RealPool, seed: int, gen: int, manifest: dict, synth_gens: Sequence[int],
                      synth_shards: Sequence[Sequence[Shard]], family: Family, model: ModelConfig,
                      train: TrainConfig, init_state: Optional[dict] = None, progress: bool = False,
                      device: Optional[str] = None) -> dict:
-    x, y = assemble_training_set(pool, seed, manifest, synth_gens, synth_shards)
-    if not model.conditional:
-        y = None
-    return get_family(family).train(
-        x, y, pool.num_classes, model, train, seeding.derive_seed(seed, gen, seeding.TRAIN),
-        init_state=init_state, progress=progress, device=device,
-    )
+    x, y, train_seed = training_inputs(pool, seed, gen, manifest, synth_gens, synth_shards, model)
+    return get_family(family).train(x, y, pool.num_classes, model, train, train_seed,
+                                    init_state=init_state, progress=progress, device=device)
 
 
 def shard_sizes(n: int, num_shards: int) -> list[int]:

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_cli
-from mad import artifacts
 from mad.config import load_config
 from mad.driver import TIMING_FIELDS, Driver
 

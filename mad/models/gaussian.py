@@ -4,10 +4,10 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-import scipy.linalg
 import torch
 
 from mad.config import Estimator, ModelConfig, SampleConfig
+from mad.metrics.frechet import gaussian_w2
 
 
 def fit(x: np.ndarray, estimator: Estimator) -> tuple[np.ndarray, np.ndarray]:
@@ -39,14 +39,6 @@ def sample(state: dict[str, torch.Tensor], n: int, num_classes: int, sample_shap
     return mean + rng.standard_normal((n, len(mean))) @ factor.T, None
 
 
-def w2_gaussians(m1: np.ndarray, c1: np.ndarray, m2: np.ndarray, c2: np.ndarray) -> float:
-    """Closed-form Wasserstein-2 distance between N(m1, c1) and N(m2, c2)."""
-    s1 = scipy.linalg.sqrtm(c1)
-    cross = scipy.linalg.sqrtm(s1 @ c2 @ s1)
-    w2_sq = float(np.sum((m1 - m2) ** 2) + np.trace(c1 + c2 - 2 * np.real(cross)))
-    return float(np.sqrt(max(w2_sq, 0.0)))
-
-
 def closed_form_metrics(state: dict[str, torch.Tensor], bias: float, real_mean: np.ndarray,
                         real_cov: np.ndarray, real_is_gaussian: bool = True) -> dict[str, float]:
     """w2 between the model's sampling distribution and the real one; trace and mean drift of the fit."""
@@ -56,5 +48,5 @@ def closed_form_metrics(state: dict[str, torch.Tensor], bias: float, real_mean: 
         "mean_shift": float(np.linalg.norm(mean - real_mean)),
     }
     if real_is_gaussian:  # no closed form against a mixture (toy2d)
-        out["w2"] = w2_gaussians(mean, bias * cov, real_mean, real_cov)
+        out["w2"] = gaussian_w2(mean, bias * cov, real_mean, real_cov)
     return out
