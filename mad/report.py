@@ -523,8 +523,10 @@ def text_table(run: RunData, metrics: Optional[Iterable[str]] = None, max_gens: 
     ``max_gens``, evenly spread, first and last always). Missing values show as ``-``."""
     shown = [m for m in (TABLE_METRICS if metrics is None else metrics) if m in run.metrics]
     done = sorted({g for c in run.chains for g in c.done})
-    if not shown or not done:
+    if not done:
         return "no finished generations yet"
+    if not shown:
+        return f"none of {', '.join(TABLE_METRICS if metrics is None else metrics)} recorded in this run"
     gens = select_gens(done, max_gens)
     name_w = max(len("chain"), *(len(c.name) for c in run.chains))
     col_w = max(8, *(len(f"gen {g}") + 2 for g in gens))

@@ -85,6 +85,7 @@ def test_text_table_shows_every_chain_and_generation(gauss_run):
     short = text_table(run, metrics=["w2"], max_gens=3)
     assert short.splitlines()[1].split()[1:] == ["gen", "1", "gen", "3", "gen", str(GAUSS_GENS)]
     assert f"3 of {GAUSS_GENS} generations shown" in short
+    assert text_table(run, metrics=["fid"]) == "none of fid recorded in this run"
 
 
 def test_groups_differ_only_in_seed_and_style_by_loop_and_lambda(gauss_run):
