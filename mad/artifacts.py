@@ -158,6 +158,12 @@ class RunDir:
     def read_generation_metrics(self, chain: str, gen: int) -> dict:
         return json.loads((self.gen_dir(chain, gen) / GEN_METRICS).read_text())
 
+    def read_manifest(self, chain: str, gen: int) -> dict:
+        return json.loads((self.gen_dir(chain, gen) / MANIFEST).read_text())
+
+    def has_samples(self, chain: str, gen: int) -> bool:
+        return (self.gen_dir(chain, gen) / SAMPLES).is_file()
+
     def read_samples(self, chain: str, gen: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
         data = read_npz(self.gen_dir(chain, gen) / SAMPLES)
         return data["x"], data.get("y")

@@ -165,6 +165,9 @@ class ResourcesConfig:
     eval_cpus: float = 1.0
     eval_gpus: float = 0.0
     max_retries: int = 3  # Ray retries of a task whose worker died
+    # Compute a generation whose inputs are identical across chains (generation 1 of chains that differ
+    # only in loop kind, say) once and share it; the records are the same either way.
+    share_identical: bool = True
 
 
 @dataclass

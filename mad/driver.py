@@ -8,6 +8,7 @@ appends to metrics.jsonl and submits the chain's next generation.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -51,6 +52,28 @@ class Submitted:
     state: Any
     shards: list
     started: float
+    share_key: Optional[str] = None  # the stage key when this generation's work may be shared
+
+
+def _digest(*parts: Any) -> str:
+    text = json.dumps([config_to_dict(p) if hasattr(p, "__dataclass_fields__") else p for p in parts],
+                      sort_keys=True, default=lambda v: getattr(v, "value", str(v)))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def share_key(cfg: Config, manifest: loops.Manifest, n_sample: int, class_probs: Optional[np.ndarray]) -> Optional[str]:
+    """A key for a generation whose every input is fixed by config and seed, not by the chain's history.
+
+    That is a generation trained on real data only from scratch (generation 1 of every loop, and any
+    real-only generation): chains that differ only in loop kind, in later-generation counts or in keys
+    that do not touch it compute it once. The key covers everything that determines the generation's
+    model, samples and metrics; chains with equal keys get bit-identical results either way.
+    """
+    if manifest.synth or (cfg.train.init == TrainInit.previous and manifest.gen > 1):
+        return None
+    probs = None if class_probs is None else [float(p) for p in class_probs]
+    return _digest(cfg.seed, manifest.to_json(), cfg.data, cfg.model, cfg.train, cfg.sample, cfg.metrics,
+                   n_sample, cfg.resources.sample_shards, probs)
 
 
 def _data_key(cfg: Config) -> str:
@@ -79,6 +102,8 @@ class Driver:
         self.t_start = time.time()
         self.gens_this_session = 0
         self._report_written = 0.0
+        self._shared: dict[str, tuple] = {}  # share key -> (gen, state, shards, metrics) object refs
+        self._shared_on_disk: dict[str, tuple[str, int]] = {}  # share key -> a finished (chain, gen) holding it
         # Step-level bars only for models slow enough to need them (a Gaussian generation takes ms).
         # Bars redraw in place on a terminal; in a log file they would only pile up lines.
         self._bars = not self.quiet and cfg.model.family != Family.gaussian and sys.stdout.isatty()
@@ -92,6 +117,9 @@ class Driver:
         for chain in self.chains:
             for gen in self.run_dir.done_generations(chain.name):
                 self.records[(chain.name, gen)] = self.run_dir.read_generation_metrics(chain.name, gen)
+                key = self.run_dir.read_manifest(chain.name, gen).get("share_key")
+                if key:
+                    self._shared_on_disk.setdefault(key, (chain.name, gen))
         self.run_dir.rewrite_metrics(self._ordered_records())
         return resuming
 
@@ -146,18 +174,21 @@ class Driver:
             r.reference = self.references[mkey]
             self._restore(r, remote)
 
-        pending: dict[Any, Submitted] = {}
+        # Chains that share a stage share its object refs, so one ref can finish several chains.
+        pending: dict[Any, list[Submitted]] = {}
         for r in todo:
             sub, ref = self._submit(r, stages, remote)
-            pending[ref] = sub
+            pending.setdefault(ref, []).append(sub)
         while pending:
             ready, _ = remote.wait(list(pending), num_returns=1)
-            sub = pending.pop(ready[0])
+            subs = pending.pop(ready[0])
             metrics = remote.get(ready[0])
-            self._persist(sub, metrics, remote)
-            if not sub.run.finished:
-                nxt, ref = self._submit(sub.run, stages, remote)
-                pending[ref] = nxt
+            for sub in subs:
+                self._persist(sub, dict(metrics), remote)
+                if not sub.run.finished:
+                    nxt, ref = self._submit(sub.run, stages, remote)
+                    pending.setdefault(ref, []).append(nxt)
+            self._prune_shared(runs)
         self._log(f"mad: done in {time.time() - self.t_start:.1f}s; metrics in {self.run_dir.root / artifacts.METRICS}; "
                   f"dashboard {self.run_dir.root / 'report.html'}")
         self._after_generation(final=True)
@@ -174,22 +205,46 @@ class Driver:
         if cfg.train.init == TrainInit.previous and r.next_gen > 1:
             r.prev_state = remote.put(self.run_dir.read_model(name, r.next_gen - 1))
 
+    def _read_back(self, chain: str, gen: int, remote) -> Optional[tuple]:
+        """A shared generation finished by another chain in an earlier session, read back instead of
+        recomputed; None when its model or samples were not kept."""
+        if not (self.run_dir.has_model(chain, gen) and self.run_dir.has_samples(chain, gen)):
+            return None
+        record = self.records[(chain, gen)]
+        metric_keys = self.run_dir.read_manifest(chain, gen).get("metric_keys", [])
+        x, y = self.run_dir.read_samples(chain, gen)
+        return (gen, remote.put(self.run_dir.read_model(chain, gen)), [remote.put((x, y))],
+                remote.put({k: record[k] for k in metric_keys}))
+
+    def _prune_shared(self, runs: list[ChainRun]) -> None:
+        """Drop shared results no unfinished chain can still ask for (they hold object-store memory)."""
+        live = [r.next_gen for r in runs if not r.finished]
+        oldest = min(live) if live else float("inf")
+        for key in [k for k, v in self._shared.items() if v is not None and v[0] < oldest]:
+            del self._shared[key]
+
     def _submit(self, r: ChainRun, stages, remote) -> tuple[Submitted, Any]:
         cfg, gen = r.chain.cfg, r.next_gen
         seed = cfg.seed
         manifest = loops.next_training_set(cfg.loop.kind, gen, dict(r.synth_sizes), cfg.loop,
                                            seeding.rng(seed, gen, seeding.LOOP))
         pool, pool_ref = self.pools[r.data_key]
+        _, n_synth = resolved_counts(cfg.loop)
+        n_keep = n_synth if gen < cfg.loop.generations else 0
+        n_sample = max(n_keep, cfg.metrics.n_eval)
+        class_probs = pool.class_histogram() if cfg.sample.class_balance.value == "real" else None
+        key = share_key(cfg, manifest, n_sample, class_probs) if self.cfg.resources.share_identical else None
+        if key is not None and key not in self._shared and key in self._shared_on_disk:
+            self._shared[key] = self._read_back(*self._shared_on_disk[key], remote) or self._shared.get(key)
+        if key is not None and self._shared.get(key) is not None:
+            state, shards, metrics = self._shared[key][1:]
+            return Submitted(r, gen, manifest, state, shards, time.time(), key), metrics
         synth_gens = [p.gen for p in manifest.synth]
         flat = [ref for g in synth_gens for ref in r.synth[g]]
         counts = [len(r.synth[g]) for g in synth_gens]
         init_state = r.prev_state if cfg.train.init == TrainInit.previous else None
         state = stages.train.remote(pool_ref, seed, gen, manifest.to_json(), synth_gens, counts,
                                     cfg.model.family, cfg.model, cfg.train, init_state, self._bars, *flat)
-        _, n_synth = resolved_counts(cfg.loop)
-        n_keep = n_synth if gen < cfg.loop.generations else 0
-        n_sample = max(n_keep, cfg.metrics.n_eval)
-        class_probs = pool.class_histogram() if cfg.sample.class_balance.value == "real" else None
         from mad.tasks import shard_sizes
 
         shards = [
@@ -200,7 +255,9 @@ class Driver:
         metrics = stages.evaluate.remote(r.reference, state, cfg.metrics.n_eval, cfg.metrics, cfg.model.family,
                                          cfg.sample.bias, self.moments[r.data_key],
                                          cfg.data.name == DataName.gaussian, *shards)
-        return Submitted(r, gen, manifest, state, shards, time.time()), metrics
+        if key is not None:
+            self._shared[key] = (gen, state, shards, metrics)
+        return Submitted(r, gen, manifest, state, shards, time.time(), key), metrics
 
     def _persist(self, sub: Submitted, metrics: dict, remote) -> None:
         r, gen, cfg = sub.run, sub.gen, sub.run.chain.cfg
@@ -225,7 +282,10 @@ class Driver:
             **{k: getattr(v, "value", v) for k, v in r.chain.assignment.items()},
             **metrics,
         }
-        self.run_dir.write_generation(name, gen, manifest=sub.manifest.to_json(), state=state,
+        manifest = sub.manifest.to_json()
+        if sub.share_key:
+            manifest.update(share_key=sub.share_key, metric_keys=sorted(metrics))
+        self.run_dir.write_generation(name, gen, manifest=manifest, state=state,
                                       samples_x=x, samples_y=y, metrics=record)
         if cfg.artifacts.keep_models.value == "last" and gen > 1:
             self.run_dir.drop_model(name, gen - 1)
