@@ -2,13 +2,17 @@
 
 Each exposes ``next_training_set(gen, synth_sizes, loop_cfg, rng) -> Manifest``: given the
 generation, the sizes of the synthetic sets made so far and a seeded rng, it names the
-next training set by reference (which real draw, which synthetic sets) without touching data.
+next training set by reference (which positions of the chain's real order, which synthetic
+sets) without touching data. ``real_part(gen, loop_cfg)`` is the real part alone: it depends on
+the config only, so the real data of any generation can be named again later (on resume too).
 """
 from __future__ import annotations
 
 from loops import fresh_data, fully_synthetic, synthetic_augmentation
+from typing import Optional
+
 from loops.base import FIXED_STREAM, Manifest, RealPart, SynthPart
-from mad.config import LoopKind
+from mad.config import LoopConfig, LoopKind
 
 POLICIES = {
     LoopKind.fully_synthetic: fully_synthetic.next_training_set,
@@ -17,8 +21,20 @@ POLICIES = {
 }
 
 
+REAL_PARTS = {
+    LoopKind.fully_synthetic: fully_synthetic.real_part,
+    LoopKind.synthetic_augmentation: synthetic_augmentation.real_part,
+    LoopKind.fresh_data: fresh_data.real_part,
+}
+
+
 def next_training_set(kind: LoopKind, *args, **kwargs) -> Manifest:
     return POLICIES[kind](*args, **kwargs)
 
 
-__all__ = ["FIXED_STREAM", "Manifest", "RealPart", "SynthPart", "POLICIES", "next_training_set"]
+def real_part(kind: LoopKind, gen: int, loop: LoopConfig) -> Optional[RealPart]:
+    """The real part of generation ``gen``'s manifest (None: no real data), from the config alone."""
+    return REAL_PARTS[kind](gen, loop)
+
+
+__all__ = ["FIXED_STREAM", "Manifest", "RealPart", "SynthPart", "POLICIES", "next_training_set", "real_part"]

@@ -7,16 +7,20 @@ import numpy as np
 
 from mad.config import LoopConfig, SynthSource
 
-# Stream 0 of the real pool is the "fixed" real set: generation 1 trains on its first
-# n_init samples and the synthetic-augmentation loop reuses its first n_real every
-# generation. Fresh draws use stream = gen, so each generation gets its own subset.
+# A chain reads its real data from one seeded order of the real pool (stream 0), by position:
+# generation 1 trains on positions [0, n_init); the synthetic-augmentation loop reuses positions
+# [0, n_real) every generation (the fixed set); the fresh-data loop's generation t takes the next
+# n_real positions no earlier generation used, [n_init + (t-2) n_real, n_init + (t-1) n_real).
+# On a finite pool distinct positions below the pool size are distinct samples, so fresh draws
+# are disjoint from each other and from generation 1 (see mad.data for what lies beyond the pool).
 FIXED_STREAM = 0
 
 
 @dataclass(frozen=True)
 class RealPart:
-    stream: int  # which seeded draw of the real pool (FIXED_STREAM or a generation index)
-    n: int  # how many samples of that draw (a prefix, so smaller draws nest in larger ones)
+    stream: int  # which seeded order of the real pool (the loops all use FIXED_STREAM)
+    n: int  # how many samples: positions start .. start + n - 1 of that order
+    start: int = 0  # first position; parts starting at 0 nest (a smaller one is a prefix of a larger one)
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,12 @@ class Manifest:
 
 def first_generation(n_init: int) -> Manifest:
     """Generation 1 always trains on real data only (MAD: n_s^1 = 0)."""
-    return Manifest(gen=1, real=RealPart(FIXED_STREAM, n_init), synth=())
+    return Manifest(gen=1, real=first_real(n_init), synth=())
+
+
+def first_real(n_init: int) -> RealPart:
+    """Generation 1's real set: the first n_init positions of the chain's real order."""
+    return RealPart(FIXED_STREAM, n_init, 0)
 
 
 def select_synthetic(gen: int, loop: LoopConfig, n_synth: int, synth_sizes: dict[int, int],

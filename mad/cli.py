@@ -67,7 +67,7 @@ def _run(argv: List[str]) -> int:
 
     try:
         run(cfg, quiet=quiet)
-    except (ResumeError, DataUnavailableError) as err:
+    except (ResumeError, DataUnavailableError, ConfigError) as err:  # ConfigError: a folder pool too small
         return _fail(str(err))
     return 0
 

@@ -144,6 +144,9 @@ class LoopConfig:
     # Alternative to n_real/n_synth: a total per generation and the real share of it.
     real_fraction: Optional[float] = None
     n_total: Optional[int] = None
+    # A finite pool refuses a chain that needs more distinct real samples than it holds; true lets
+    # real samples come back (each record's real_seen_frac then says how many were seen before).
+    allow_real_reuse: bool = False
 
 
 @dataclass
@@ -477,13 +480,40 @@ def _validate_one(cfg: Config) -> None:
         raise ConfigError("model.family", f"diffusion needs an image data set, got data.name={d.name.value}")
     if cfg.metrics.features != Features.raw and vector_data:
         raise ConfigError("metrics.features", f"{cfg.metrics.features.value} needs image data; use raw for {d.name.value}")
-    # finite real pools
+    # finite real pools (a folder's size is known once loaded: the driver calls check_real_pool then)
     pool = FINITE_POOL_SIZES.get(d.name)
     if pool is not None:
-        pool -= d.n_reference if d.name == DataName.digits else 0
-        if loop.n_init > pool:
-            raise ConfigError("loop.n_init", f"{loop.n_init} is larger than the real training pool of {d.name.value} ({pool})")
-        if n_real > pool:
-            raise ConfigError("loop.n_real", f"{n_real} is larger than the real training pool of {d.name.value} ({pool})")
-        if d.name == DataName.digits and d.n_reference >= 1797:
-            raise ConfigError("data.n_reference", "must leave training data out of the 1797 digits")
+        if d.name == DataName.digits:
+            if d.n_reference >= pool:
+                raise ConfigError("data.n_reference", f"must leave training data out of the {pool} digits")
+            check_real_pool(cfg, pool - d.n_reference, f"digits training pool ({pool} minus data.n_reference="
+                                                       f"{d.n_reference})")
+        else:
+            check_real_pool(cfg, pool, f"{d.name.value} training pool")
+
+
+def real_samples_needed(loop: LoopConfig) -> tuple[int, str]:
+    """How many distinct real samples a chain trains on over its generations, and the keys that decide it.
+
+    Fresh data: n_init + (G-1) n_real (every later draw unseen); synthetic augmentation:
+    max(n_init, n_real) (one fixed set nested with generation 1's); fully synthetic: n_init.
+    """
+    n_real, _ = resolved_counts(loop)
+    later = loop.generations - 1
+    n_real_key = "(loop.real_fraction * loop.n_total)" if loop.real_fraction is not None else "loop.n_real"
+    if loop.kind == LoopKind.fresh_data and later > 0:
+        return (loop.n_init + later * n_real,
+                f"loop.n_init + (loop.generations - 1) * {n_real_key} = {loop.n_init} + {later} x {n_real}")
+    if loop.kind == LoopKind.synthetic_augmentation and later > 0:
+        return max(loop.n_init, n_real), f"max(loop.n_init, {n_real_key}) = max({loop.n_init}, {n_real})"
+    return loop.n_init, f"loop.n_init = {loop.n_init}"
+
+
+def check_real_pool(cfg: Config, pool_size: int, pool_name: str) -> None:
+    """Refuse a chain that needs more distinct real samples than its finite pool holds, unless it opts in."""
+    need, formula = real_samples_needed(cfg.loop)
+    if need > pool_size and not cfg.loop.allow_real_reuse:
+        key, expr = formula.split(" = ", 1)
+        raise ConfigError(key, f"the {cfg.loop.kind.value} loop needs {need} distinct real samples ({expr}) but the "
+                               f"{pool_name} holds {pool_size}; lower them, or set loop.allow_real_reuse=true "
+                               f"to let real samples come back")

@@ -20,8 +20,8 @@ import numpy as np
 
 import loops
 from mad import artifacts, seeding
-from mad.config import (Config, DataName, Family, SynthSource, TrainInit, config_to_dict, resolved_counts,
-                        science_dict, science_of_yaml, to_yaml)
+from mad.config import (Config, DataName, Family, SynthSource, TrainInit, check_real_pool, config_to_dict,
+                        resolved_counts, science_dict, science_of_yaml, to_yaml)
 from mad.plan import Chain, plan_chains
 from mad.progress import console_print
 
@@ -78,6 +78,21 @@ def share_key(cfg: Config, manifest: loops.Manifest, n_sample: int, class_probs:
 
 def _data_key(cfg: Config) -> str:
     return json.dumps(config_to_dict(cfg.data), sort_keys=True)
+
+
+def real_seen_frac(cfg: Config, gen: int, pool_size: int) -> Optional[float]:
+    """The fraction of generation ``gen``'s real samples the chain trained on in generations 1 .. gen-1.
+
+    None without real data. Named from the config alone (``loops.real_part``), so resume gives the same value.
+    """
+    from mad.data import seen_fraction
+
+    parts = [loops.real_part(cfg.loop.kind, g, cfg.loop) for g in range(1, gen + 1)]
+    now = parts[-1]
+    if now is None:
+        return None
+    earlier = [(p.stream, p.start, p.n) for p in parts[:-1] if p is not None]
+    return seen_fraction(pool_size, cfg.seed, earlier, (now.stream, now.start, now.n))
 
 
 def _needed_synth_gens(cfg: Config, next_gen: int) -> list[int]:
@@ -143,6 +158,9 @@ class Driver:
                 # The split into pool and reference set uses the run's base seed, so every chain of
                 # a sweep over seeds is scored against the same held-out reference set.
                 loaded[key] = load_real(c.cfg.data, self.cfg.seed)
+            if key in loaded and c.cfg.data.name == DataName.folder:
+                # only now is a folder's pool size known; still nothing is written
+                check_real_pool(c.cfg, loaded[key][0].size, f"folder {c.cfg.data.root} training pool")
         resuming = self.prepare_run_dir()
         runs = [ChainRun(c, _data_key(c.cfg), len(self.run_dir.done_generations(c.name)) + 1) for c in self.chains]
         todo = [r for r in runs if not r.finished]
@@ -268,6 +286,8 @@ class Driver:
         x, y = concat_shards(remote.get(sub.shards))
         _, n_synth = resolved_counts(cfg.loop)
         synth_size = n_synth if gen < cfg.loop.generations else 0
+        pool = self.pools[r.data_key][0]
+        seen = None if pool.size is None else real_seen_frac(cfg, gen, pool.size)
         record = {
             "chain": name,
             "loop": cfg.loop.kind.value,
@@ -277,6 +297,7 @@ class Driver:
             "n_real": sub.manifest.n_real,
             "n_synth": sub.manifest.n_synth,
             "synth_size": synth_size,
+            **({} if seen is None else {"real_seen_frac": seen}),
             "wall_s": round(time.time() - sub.started, 4),
             "time": round(time.time(), 3),
             **{k: getattr(v, "value", v) for k, v in r.chain.assignment.items()},

@@ -31,7 +31,7 @@ from mad.plots import Line, encode_png, first_two_dims, is_image_batch, tile_ima
 # Keys of a metrics.jsonl line that describe the line rather than measure the model.
 # Dotted keys (the sweep assignment) are never metrics either.
 NON_METRIC_KEYS = frozenset({"chain", "loop", "seed", "bias", "gen", "n_real", "n_synth", "synth_size", "wall_s",
-                             "time", "family", "data", "index", "name"})
+                             "time", "family", "data", "index", "name", "real_seen_frac"})
 METRIC_ORDER = ("fid", "precision", "recall", "density", "coverage", "w2", "trace_ratio", "mean_shift",
                 "class_entropy", "class_kl", "mean_confidence", "label_accuracy")
 METRIC_HINTS = {  # shown in the panel titles so a reader knows which way is good

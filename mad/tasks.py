@@ -30,7 +30,8 @@ def assemble_training_set(pool: RealPool, seed: int, manifest: dict, synth_gens:
     """Materialize a manifest (see ``loops.base``) into (x, y). Only this task copies data."""
     xs, ys = [], []
     if manifest["real"]:
-        x, y = pool.draw(seed, manifest["real"]["stream"], manifest["real"]["n"])
+        real = manifest["real"]
+        x, y = pool.draw(seed, real["stream"], real["n"], real.get("start", 0))
         xs.append(x)
         ys.append(y)
     by_gen = dict(zip(synth_gens, synth_shards))

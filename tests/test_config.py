@@ -45,7 +45,7 @@ BAD = [
     ("", ["loop.n_synth=-3"], "loop.n_synth", "positive"),
     ("", ["loop.n_init=0"], "loop.n_init", "positive"),
     ("data: {name: digits}\nmodel: {family: diffusion}\nmetrics: {features: raw}\nloop: {kind: fresh_data, n_init: 100, n_real: 5000}\n",
-     [], "loop.n_real", "larger than the real training pool"),
+     [], "loop.n_real", "pool (1797 minus data.n_reference=500) holds 1297"),
     ("loop: {n_real: 10, real_fraction: 0.5, n_total: 100}\n", [], "loop.real_fraction", "not both"),
     ("", ["loop.kind=half_synthetic"], "loop.kind", "half_synthetic"),
     ("sweep: {loop.nope: [1, 2]}\n", [], "sweep.loop.nope", "unknown key"),
@@ -79,10 +79,20 @@ def test_dry_run_prints_config_and_chains_and_writes_nothing(tmp_path):
 
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml")))
 def test_every_shipped_config_loads(path):
-    cfg = load_config(ROOT / path)
+    cfg = load_config(ROOT / path)  # validation included: mnist/cifar10 check their pools without downloading
     chains = plan_chains(cfg)
     assert len(chains) == math.prod(len(v) for v in cfg.sweep.values())
     assert len({c.name for c in chains}) == len(chains)
+    # no shipped chain reuses real data: each fits its finite pool without loop.allow_real_reuse
+    pools = {"digits": 1797 - cfg.data.n_reference, "mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000}
+    for c in chains:
+        loop = c.cfg.loop
+        assert not loop.allow_real_reuse
+        if c.cfg.data.name.value in pools:
+            n_real, _ = resolved_counts(loop)
+            need = {LoopKind.fresh_data: loop.n_init + (loop.generations - 1) * n_real,
+                    LoopKind.synthetic_augmentation: max(loop.n_init, n_real)}.get(loop.kind, loop.n_init)
+            assert need <= pools[c.cfg.data.name.value], (c.name, need)
 
 
 def test_sweep_override_replaces_the_grid():

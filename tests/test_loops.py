@@ -31,9 +31,18 @@ def test_augmentation_reuses_fixed_real_set():
     assert a.real == b.real and a.real.stream == FIXED_STREAM and a.real.n == 60
 
 
-def test_fresh_data_draws_new_stream_each_generation():
-    streams = {manifest(LoopKind.fresh_data, g, {g - 1: 100}, n_real=60).real.stream for g in range(2, 7)}
-    assert len(streams) == 5 and FIXED_STREAM not in streams
+def test_fresh_data_takes_the_next_unused_positions_each_generation():
+    parts = [manifest(LoopKind.fresh_data, g, {g - 1: 100}, n_real=60).real for g in range(1, 7)]
+    assert all(p.stream == FIXED_STREAM for p in parts)
+    # generation 1: [0, 100); then [100, 160), [160, 220), ...: back to back, never overlapping
+    assert [(p.start, p.n) for p in parts] == [(0, 100), (100, 60), (160, 60), (220, 60), (280, 60), (340, 60)]
+
+
+@pytest.mark.parametrize("kind", list(LoopKind))
+def test_real_part_is_the_manifests_real_part(kind):
+    cfg = LoopConfig(kind=kind, n_init=100, n_real=60)
+    for g in range(1, 6):
+        assert loops.real_part(kind, g, cfg) == manifest(kind, g, {g - 1: 100} if g > 1 else {}, n_real=60).real
 
 
 def test_accumulate_and_last_k():
@@ -48,5 +57,5 @@ def test_manifest_is_json_ready():
     import json
 
     m = manifest(LoopKind.fresh_data, 3, {2: 100}, n_real=10)
-    assert json.loads(json.dumps(m.to_json())) == {"gen": 3, "real": {"stream": 3, "n": 10},
+    assert json.loads(json.dumps(m.to_json())) == {"gen": 3, "real": {"stream": 0, "n": 10, "start": 110},
                                                    "synth": [{"gen": 2, "n": 100, "indices": []}]}
