@@ -62,7 +62,7 @@ def test_diverged_chain_is_stopped_recorded_and_the_others_finish(tmp_path):
 
 def test_second_driver_is_refused_and_records_are_not_duplicated(tmp_path):
     out = tmp_path / "run"
-    args = [*GAUSS, "loop.generations=60", "data.dim=10", "metrics.n_eval=500", "loop.n_init=100", f"out={out}"]
+    args = [*GAUSS, "loop.generations=20", "data.dim=10", "metrics.n_eval=500", "loop.n_init=100", f"out={out}"]
     first = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -79,7 +79,7 @@ def test_second_driver_is_refused_and_records_are_not_duplicated(tmp_path):
         if first.poll() is None:
             first.kill()
     keys = [(r["chain"], r["gen"]) for r in records(out)]
-    assert len(keys) == len(set(keys)) == 3 * 60
+    assert len(keys) == len(set(keys)) == 3 * 20
     # the lock goes with its holder: the same command now resumes (a no-op) instead of being refused
     assert run_cli(*args).returncode == 0
 
