@@ -138,7 +138,9 @@ class RunDir:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self._lock_fd: Optional[int] = None
-        self._created = False
+        self._created = False  # this driver made the directory
+        self._lock_created = False  # ... or the lock file in it
+        self._wrote = False  # the config check passed and this driver wrote config.yaml
         self.replaced: Optional[list[str]] = None  # set when an unfinished run with another config was replaced
 
     # --------------------------------------------------------------- run level
@@ -157,6 +159,7 @@ class RunDir:
             raise ResumeError(f"{self.root} exists, is not empty and holds no {CONFIG}; use another out=")
         try:
             self._created = not self.root.exists()
+            self._lock_created = not path.exists()
             self.root.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
@@ -176,13 +179,15 @@ class RunDir:
         self._lock_fd = fd
 
     def unlock(self) -> None:
-        """Release the lock; a directory this process created and never wrote a config into is removed."""
+        """Release the lock. A driver that was refused (or failed) before writing anything removes
+        the lock file and the directory it created: bad input leaves nothing behind."""
         if self._lock_fd is None:
             return
-        if self._created and not (self.root / CONFIG).exists():
-            try:  # nothing written: leave nothing behind
+        if self._lock_created and not self._wrote:
+            try:
                 (self.root / LOCK).unlink()
-                self.root.rmdir()
+                if self._created:
+                    self.root.rmdir()
             except OSError:
                 pass
         os.close(self._lock_fd)
@@ -197,7 +202,13 @@ class RunDir:
         """
         path = self.root / CONFIG
         if path.is_file():
-            old = science_of_existing(path.read_text())
+            try:
+                old = science_of_existing(path.read_text())
+            except Exception as err:  # unreadable or not YAML: name the file, no traceback
+                raise ResumeError(f"{path}: not a readable config ({' '.join(str(err).split())[:200]}); "
+                                  "restore it or use another out=") from None
+            if not isinstance(old, dict):
+                raise ResumeError(f"{path}: not a config mapping; restore it or use another out=")
             if old != science:
                 diff = sorted(k for k in set(old) | set(science) if old.get(k) != science.get(k))
                 if self._any_done():
@@ -207,12 +218,15 @@ class RunDir:
                     )
                 self._clear_unfinished()
                 self.replaced = diff
+                self._wrote = True
                 write_text(path, config_yaml)
                 return False
+            self._wrote = True
             write_text(path, config_yaml)  # refresh non-science keys (report, ray, resources, out)
             return True
         if self.root.exists() and any(p.name != LOCK for p in self.root.iterdir()):
             raise ResumeError(f"{self.root} exists, is not empty and holds no {CONFIG}; use another out=")
+        self._wrote = True
         write_text(path, config_yaml)
         return False
 
@@ -299,7 +313,8 @@ class RunDir:
         if state is not None:
             files[MODEL] = _state_bytes(state)
         files[SAMPLES] = _npz_bytes(x=samples_x, y=samples_y)
-        files[PREVIEW] = _npz_bytes(x=samples_x[:PREVIEW_SIZE], y=None if samples_y is None else samples_y[:PREVIEW_SIZE])
+        files[PREVIEW] = _npz_bytes(x=samples_x[:PREVIEW_SIZE],
+                                    y=None if samples_y is None else samples_y[:PREVIEW_SIZE])
         files[GEN_METRICS] = _json_bytes(metrics)
         # Hashed from the bytes in memory (no re-read); DONE, written last, records them.
         for name, data in files.items():

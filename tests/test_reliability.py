@@ -168,9 +168,7 @@ def test_corrupt_generations_are_named_and_recomputed_to_identical_records(tmp_p
     assert len(err) == 5 and all(any(str(p) in line for line in err) for p in named), err
     assert records(out) == records(ref)
     for p in named[1:4]:  # the recomputed files are the very bytes of the undisturbed run
-        if p.name != "model.safetensors":
-            assert p.read_bytes() == (ref / p.relative_to(out)).read_bytes()
-    assert (g(3, 4) / "model.safetensors").read_bytes() == (ref / chains[3] / "gen_004" / "model.safetensors").read_bytes()
+        assert p.read_bytes() == (ref / p.relative_to(out)).read_bytes(), p
     proc = run_cli("verify", str(out))
     assert proc.returncode == 0 and "0 problem(s)" in proc.stdout, proc.stdout
 
