@@ -5,6 +5,11 @@ generations run in order. Per generation the driver asks the loop policy for the
 training set (a manifest), submits train -> sample shards -> evaluate as chained Ray tasks,
 and when the evaluation is back persists everything atomically, marks the generation DONE,
 appends to metrics.jsonl and submits the chain's next generation.
+
+The driver holds the run directory's lock for its whole life and, before resuming, checks the
+finished generations against their checksums (a corrupt one and the chain's later ones are
+redone). A generation that diverged (``mad.divergence.DivergedError`` from a task) stops its
+chain only: the failure is written to ``<chain>/FAILED.json`` and the other chains carry on.
 """
 from __future__ import annotations
 
