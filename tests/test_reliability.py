@@ -188,3 +188,22 @@ def test_verify_accepts_dropped_models_and_refuses_a_non_run(tmp_path):
     assert problems == [] and "3 finished generation(s) of 1 chain(s)" in summary
     proc = run_cli("verify", str(tmp_path))
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_non_finite_weights_and_samples_are_errors_for_every_family():
+    import pickle
+
+    import torch
+
+    from mad.divergence import DivergedError, check_samples, check_state
+
+    with pytest.raises(DivergedError, match="NaN/inf in cov") as err:
+        check_state({"mean": torch.zeros(2), "cov": torch.tensor([[1.0, float("inf")], [0.0, 1.0]])}, "gaussian")
+    assert err.value.key is None
+    with pytest.raises(DivergedError, match="samples") as err:
+        check_samples(np.array([[0.0, np.nan]]), "diffusion")
+    assert err.value.key == "train.lr"
+    check_samples(np.zeros((2, 1, 8, 8), dtype=np.uint8), "diffusion")  # integer images cannot diverge
+    # it crosses process boundaries (Ray pickles task errors) with its fields
+    again = pickle.loads(pickle.dumps(err.value))
+    assert (again.what, again.key, str(again)) == (err.value.what, err.value.key, str(err.value))
