@@ -1,4 +1,5 @@
-"""Command line: ``python run.py [CONFIG.yaml] [key=value ...] [--dry-run]`` and ``python run.py report RUN_DIR``.
+"""Command line: ``python run.py [CONFIG.yaml] [key=value ...] [--dry-run]``, ``python run.py report RUN_DIR``
+and ``python run.py verify RUN_DIR``.
 
 Parses, loads and validates the config, prints it, hands over to the driver. No science here.
 Bad input exits with status 2 and one line on stderr, before anything is written.
@@ -8,12 +9,17 @@ from __future__ import annotations
 import sys
 from typing import List, Optional
 
-USAGE = """usage: python run.py [CONFIG.yaml] [dotted.key=value ...] [--dry-run] [--quiet]
+USAGE = """usage: python run.py [CONFIG.yaml] [dotted.key=value ...] [--dry-run] [--quiet] [--no-repair]
        python run.py report RUN_DIR [--png]
+       python run.py verify RUN_DIR
 
 Runs the self-consuming loop described by CONFIG (default configs/default.yaml).
-  --dry-run   print the resolved config and the chains of the sweep; write nothing
-  --quiet     no progress output
+  --dry-run    print the resolved config and the chains of the sweep; write nothing
+  --quiet      no progress output
+  --no-repair  on resume, stop (exit 2) when a finished generation's files fail their checksums,
+               instead of recomputing that generation and the chain's later ones
+Exit status: 0 done, 1 a chain failed (diverged; see its FAILED.json), 2 bad input or unusable run directory.
+verify: checks every finished generation's files against their checksums; exit 0 clean, 1 problems found.
 """
 
 
@@ -29,6 +35,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if argv and argv[0] == "report":
         return _report(argv[1:])
+    if argv and argv[0] == "verify":
+        return _verify(argv[1:])
     return _run(argv)
 
 
@@ -37,7 +45,7 @@ def _run(argv: List[str]) -> int:
     from mad.plan import plan_chains
 
     flags = {a for a in argv if a.startswith("--")}
-    unknown = flags - {"--dry-run", "--quiet"}
+    unknown = flags - {"--dry-run", "--quiet", "--no-repair"}
     if unknown:
         return _fail(f"unknown option {sorted(unknown)[0]} (see python run.py --help)")
     args = [a for a in argv if not a.startswith("--")]
@@ -63,13 +71,29 @@ def _run(argv: List[str]) -> int:
         print(to_yaml(cfg), end="")
     from mad.artifacts import ResumeError
     from mad.data import DataUnavailableError
-    from mad.driver import run
+    from mad.driver import Driver
 
+    driver = Driver(cfg, quiet=quiet, repair="--no-repair" not in flags)
     try:
-        run(cfg, quiet=quiet)
+        driver.run()
     except (ResumeError, DataUnavailableError, ConfigError) as err:  # ConfigError: a folder pool too small
         return _fail(str(err))
-    return 0
+    return 1 if driver.failed else 0
+
+
+def _verify(argv: List[str]) -> int:
+    if len(argv) != 1 or argv[0].startswith("--"):
+        return _fail("usage: python run.py verify RUN_DIR")
+    from mad.artifacts import ResumeError, verify_run
+
+    try:
+        problems, summary = verify_run(argv[0])
+    except ResumeError as err:
+        return _fail(str(err))
+    for line in problems:
+        print(line)
+    print(summary)
+    return 1 if problems else 0
 
 
 def _report(argv: List[str]) -> int:

@@ -211,7 +211,8 @@ class Config:
 
 
 # Keys whose value differs between chains but not the science, so resume may ignore them.
-_RESUME_IGNORED = ("report", "ray", "resources")
+# ``out`` too: a run directory resumes wherever it is and however its path is spelled.
+_RESUME_IGNORED = ("out", "report", "ray", "resources")
 
 FINITE_POOL_SIZES = {  # training pool sizes of the finite real data sets (reference set excluded)
     DataName.digits: 1797,

@@ -143,5 +143,9 @@ def train_generation_data_parallel(pool: RealPool, seed: int, gen: int, manifest
                                    init_state: Optional[dict] = None, progress: bool = False) -> dict:
     """``tasks.train_generation`` for ``train.num_workers > 1``: the same data and seed, trained with DDP."""
     x, y, train_seed = tasks.training_inputs(pool, seed, gen, manifest, synth_gens, synth_shards, model)
-    return train_data_parallel(x, y, pool.num_classes, model, train, train_seed,
-                               resources, init_state=init_state, progress=progress).state
+    state = train_data_parallel(x, y, pool.num_classes, model, train, train_seed,
+                                resources, init_state=init_state, progress=progress).state
+    from mad.divergence import check_state
+
+    check_state(state, "diffusion")  # the same check as the single-worker path (tasks.train_generation)
+    return state

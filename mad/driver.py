@@ -5,6 +5,11 @@ generations run in order. Per generation the driver asks the loop policy for the
 training set (a manifest), submits train -> sample shards -> evaluate as chained Ray tasks,
 and when the evaluation is back persists everything atomically, marks the generation DONE,
 appends to metrics.jsonl and submits the chain's next generation.
+
+The driver holds the run directory's lock for its whole life and, before resuming, checks the
+finished generations against their checksums (a corrupt one and the chain's later ones are
+redone). A generation that diverged (``mad.divergence.DivergedError`` from a task) stops its
+chain only: the failure is written to ``<chain>/FAILED.json`` and the other chains carry on.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import loops
 from mad import artifacts, seeding
 from mad.config import (Config, DataName, Family, SynthSource, TrainInit, check_real_pool, config_to_dict,
                         resolved_counts, science_dict, science_of_yaml, to_yaml)
+from mad.divergence import DivergedError
 from mad.plan import Chain, plan_chains
 from mad.progress import console_print
 
@@ -107,8 +113,11 @@ def _needed_synth_gens(cfg: Config, next_gen: int) -> list[int]:
 
 
 class Driver:
-    def __init__(self, cfg: Config, quiet: bool = False):
+    def __init__(self, cfg: Config, quiet: bool = False, repair: bool = True):
         self.cfg = cfg
+        self.repair = repair  # False (--no-repair): a corrupt finished generation stops the run
+        self.failed: dict[str, dict] = {}  # chain -> its recorded failure (this session's or an earlier one's)
+        self._bad: dict[str, tuple[int, str]] = {}  # chain -> (first corrupt finished generation, problem)
         self.quiet = quiet or not cfg.report.progress
         self.chains = plan_chains(cfg)
         self.run_dir = artifacts.RunDir(cfg.out)
@@ -124,8 +133,35 @@ class Driver:
         self._bars = not self.quiet and cfg.model.family != Family.gaussian and sys.stdout.isatty()
 
     # ------------------------------------------------------------------ setup
+    def _verify(self) -> None:
+        """Check the finished generations' files against their DONE checksums (read only)."""
+        if not self.run_dir.exists():
+            return
+        for chain in self.chains:
+            for gen in self.run_dir.done_generations(chain.name):
+                problem = self.run_dir.verify_generation(chain.name, gen)
+                if problem:
+                    self._bad[chain.name] = (gen, problem)
+                    break
+
+    def _n_done(self, name: str) -> int:
+        """Finished generations of a chain that verified (a corrupt one and its successors are redone)."""
+        n = len(self.run_dir.done_generations(name))
+        return min(n, self._bad[name][0] - 1) if name in self._bad else n
+
     def prepare_run_dir(self) -> bool:
+        if self._bad and not self.repair:  # before any write, config.yaml's refresh included
+            (chain, (gen, problem)), more = next(iter(self._bad.items())), len(self._bad) - 1
+            raise artifacts.CorruptRunError(
+                f"{problem}; stopped (--no-repair)" + (f"; {more} more chain(s) affected" if more else "")
+                + f"; python run.py verify {self.run_dir.root} lists every problem")
         resuming = self.run_dir.check_or_write_config(to_yaml(self.cfg), science_dict(self.cfg), science_of_yaml)
+        if self.run_dir.replaced is not None:
+            print(f"mad: {self.run_dir.root} held a run with another config (differs in: "
+                  f"{', '.join(self.run_dir.replaced)}) that finished no generation; replaced it", file=sys.stderr)
+        for chain, (gen, problem) in self._bad.items():
+            print(f"mad: {problem}; recomputing generation {gen} and later of {chain}", file=sys.stderr)
+            self.run_dir.unmark_from(chain, gen)
         self.run_dir.write_chains([c.describe() for c in self.chains])
         # metrics.jsonl is rebuilt from the DONE generations, so a crash between DONE and the
         # append (or an append of a generation that never got DONE) cannot leave it inconsistent.
@@ -147,14 +183,30 @@ class Driver:
 
     # ------------------------------------------------------------------ run
     def run(self) -> artifacts.RunDir:
+        # One writer: the lock is held until this driver ends (the OS drops it if the process dies),
+        # and everything below, the config comparison included, happens under it.
+        self.run_dir.lock()
+        try:
+            return self._run()
+        finally:
+            self.run_dir.unlock()
+
+    def _run(self) -> artifacts.RunDir:
         from mad import remote
         from mad.data import load_real
 
+        self._verify()
+        # Recorded failures are reported, not retried (deleting <chain>/FAILED.json retries).
+        if self.run_dir.exists():
+            for c in self.chains:
+                info = self.run_dir.read_failed(c.name)
+                if info is not None:
+                    self.failed[c.name] = info
         # Real data first: a data set that cannot be had (offline download) fails before anything is written.
         loaded = {}
         for c in self.chains:
             key = _data_key(c.cfg)
-            if key not in loaded and len(self.run_dir.done_generations(c.name)) < c.cfg.loop.generations:
+            if key not in loaded and c.name not in self.failed and self._n_done(c.name) < c.cfg.loop.generations:
                 # The split into pool and reference set uses the run's base seed, so every chain of
                 # a sweep over seeds is scored against the same held-out reference set.
                 loaded[key] = load_real(c.cfg.data, self.cfg.seed)
@@ -162,13 +214,22 @@ class Driver:
                 # only now is a folder's pool size known; still nothing is written
                 check_real_pool(c.cfg, loaded[key][0].size, f"folder {c.cfg.data.root} training pool")
         resuming = self.prepare_run_dir()
+        if self.run_dir.replaced is not None:
+            self.failed = {}  # the replaced run's failures went with it
+        for name, info in self.failed.items():
+            print(f"mad: error: [{name}] {_failure_line(info)}; recorded in an earlier session in "
+                  f"{self.run_dir.failed_path(name)} (delete it to retry the chain)", file=sys.stderr)
         runs = [ChainRun(c, _data_key(c.cfg), len(self.run_dir.done_generations(c.name)) + 1) for c in self.chains]
-        todo = [r for r in runs if not r.finished]
+        todo = [r for r in runs if not r.finished and r.chain.name not in self.failed]
+        for r in todo:  # a replaced run's failed chains were skipped above
+            if r.data_key not in loaded:
+                loaded[r.data_key] = load_real(r.chain.cfg.data, self.cfg.seed)
         done_gens = sum(r.next_gen - 1 for r in runs)
         self._log(f"mad: {len(self.chains)} chain(s), {done_gens} generation(s) already done, "
                   f"run directory {self.run_dir.root}" + (" (resuming)" if resuming else ""))
         if not todo:
             self._after_generation(final=True)
+            self._report_failed()
             return self.run_dir
 
         where = self.cfg.ray.address or os.environ.get("RAY_ADDRESS") or "a local Ray"
@@ -200,7 +261,15 @@ class Driver:
         while pending:
             ready, _ = remote.wait(list(pending), num_returns=1)
             subs = pending.pop(ready[0])
-            metrics = remote.get(ready[0])
+            try:
+                metrics = remote.get(ready[0])
+            except Exception as err:
+                cause = remote.task_error_cause(err)
+                if not isinstance(cause, DivergedError):
+                    raise
+                for sub in subs:  # chains sharing a diverged stage all fail with it
+                    self._fail_chain(sub, cause)
+                continue
             for sub in subs:
                 self._persist(sub, dict(metrics), remote)
                 if not sub.run.finished:
@@ -210,7 +279,22 @@ class Driver:
         self._log(f"mad: done in {time.time() - self.t_start:.1f}s; metrics in {self.run_dir.root / artifacts.METRICS}; "
                   f"dashboard {self.run_dir.root / 'report.html'}")
         self._after_generation(final=True)
+        self._report_failed()
         return self.run_dir
+
+    def _fail_chain(self, sub: Submitted, err: DivergedError) -> None:
+        """Stop a chain whose generation diverged: one line, and FAILED.json so resume reports it again."""
+        name = sub.run.chain.name
+        info = {"chain": name, "gen": sub.gen, "what": err.what, "key": err.key, "time": round(time.time(), 3)}
+        path = self.run_dir.write_failed(name, info)
+        self.failed[name] = info
+        print(f"mad: error: [{name}] {_failure_line(info)}; chain stopped, other chains carry on "
+              f"(recorded in {path})", file=sys.stderr)
+
+    def _report_failed(self) -> None:
+        if self.failed:
+            print(f"mad: {len(self.failed)} of {len(self.chains)} chain(s) failed: {', '.join(sorted(self.failed))}",
+                  file=sys.stderr)
 
     def _restore(self, r: ChainRun, remote) -> None:
         """Bring back what a resumed chain needs from disk: earlier synthetic sets and weights."""
@@ -236,7 +320,7 @@ class Driver:
 
     def _prune_shared(self, runs: list[ChainRun]) -> None:
         """Drop shared results no unfinished chain can still ask for (they hold object-store memory)."""
-        live = [r.next_gen for r in runs if not r.finished]
+        live = [r.next_gen for r in runs if not r.finished and r.chain.name not in self.failed]
         oldest = min(live) if live else float("inf")
         for key in [k for k, v in self._shared.items() if v is not None and v[0] < oldest]:
             del self._shared[key]
@@ -370,6 +454,12 @@ class Driver:
         if final and self.tracker is not None:
             self.tracker.close()
             self.tracker = None
+
+
+def _failure_line(info: dict) -> str:
+    key = info.get("key")
+    return (f"generation {info.get('gen', '?')} diverged: {info.get('what', 'unknown')}"
+            + (f"; likely key: {key}" if key else ""))
 
 
 def run(cfg: Config, quiet: bool = False) -> artifacts.RunDir:

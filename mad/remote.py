@@ -149,6 +149,16 @@ class Stages:
                                                             **retry)
 
 
+def task_error_cause(err: BaseException) -> BaseException:
+    """The exception raised inside a task, unwrapped from Ray's RayTaskError (public ``cause``);
+    ``err`` itself when it is not a task's error. A task that failed because its input's task
+    failed carries that task's error, so the first failure of a train -> sample -> evaluate
+    chain is what comes back."""
+    while isinstance(err, ray.exceptions.RayTaskError) and err.cause is not None and err.cause is not err:
+        err = err.cause
+    return err
+
+
 put = ray.put
 get = ray.get
 wait = ray.wait

@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from mad import seeding
+from mad.divergence import check_samples, check_state
 from mad.config import Family, MetricsConfig, ModelConfig, SampleConfig, TrainConfig
 from mad.data import RealPool
 from mad.models import get_family
@@ -63,8 +64,10 @@ def train_generation(pool: RealPool, seed: int, gen: int, manifest: dict, synth_
                      train: TrainConfig, init_state: Optional[dict] = None, progress: bool = False,
                      device: Optional[str] = None) -> dict:
     x, y, train_seed = training_inputs(pool, seed, gen, manifest, synth_gens, synth_shards, model)
-    return get_family(family).train(x, y, pool.num_classes, model, train, train_seed,
-                                    init_state=init_state, progress=progress, device=device)
+    state = get_family(family).train(x, y, pool.num_classes, model, train, train_seed,
+                                     init_state=init_state, progress=progress, device=device)
+    check_state(state, family)  # every family: NaN weights must not be sampled, scored and trained on
+    return state
 
 
 def shard_sizes(n: int, num_shards: int) -> list[int]:
@@ -79,11 +82,13 @@ def sample_shard(state: dict, n: int, shard: int, pool_shape: tuple, num_classes
                  device: Optional[str] = None) -> Shard:
     if not model.conditional:
         num_classes = 0
-    return get_family(family).sample(
+    x, y = get_family(family).sample(
         state, n, num_classes, pool_shape, model, sample,
         seeding.derive_seed(seed, gen, seeding.SAMPLE, shard),
         class_probs=class_probs, progress=progress, device=device,
     )
+    check_samples(x, family)
+    return x, y
 
 
 def evaluate_generation(reference, state: dict, shards: Sequence[Shard], n_eval: int,

@@ -100,12 +100,13 @@ def test_resume_continues_after_last_done_generation(tmp_path):
 def test_different_config_is_refused_and_nothing_is_touched(tmp_path):
     out = tmp_path / "run"
     run_in_process(out, "loop.generations=2")
-    snapshot = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    # The lock file is the exception: the refused driver held the lock (and wrote its PID) to compare.
+    snapshot = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != ".lock"}
     proc = run_cli(*GAUSS, f"out={out}", "loop.generations=2", "seed=5")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "different config" in lines[0] and "seed" in lines[0], proc.stderr
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == snapshot
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != ".lock"} == snapshot
 
 
 def test_killed_run_resumes_to_the_same_records(tmp_path):

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 from mad import seeding
+from mad.divergence import DivergedError
 from mad.config import ModelConfig, SampleConfig, Scheduler, TrainConfig
 from mad.pixels import resolve_device as _resolve_device, to_uint8, to_unit_range
 from mad.progress import progress_bar
@@ -107,6 +108,9 @@ def _load_unet(state: dict[str, torch.Tensor], model: ModelConfig, image_shape: 
 
 
 # ----------------------------------------------------------------------------- training
+LOSS_CHECK_EVERY = 100  # steps between checks that the training loss is finite
+
+
 def _index_batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
     """Endless minibatches of indices: shuffled epochs, so every image is seen equally often."""
     buf = torch.empty(0, dtype=torch.long)
@@ -153,6 +157,9 @@ def train(
     of ``train.batch_size`` indices and trains on its own slice of it, with its own noise;
     DDP averages the gradients, so the weights, and hence the EMA, stay identical on all
     ranks and each returns the same state dict, with the single-process keys.
+
+    Raises ``mad.divergence.DivergedError`` when the loss is non-finite at a check (every
+    ``LOSS_CHECK_EVERY`` steps and at the last step; single process only).
     """
     x = np.asarray(x)
     if x.ndim != 4 or x.dtype != np.uint8:
@@ -228,6 +235,13 @@ def train(
         else:
             pred = forward(noisy, timesteps).sample
         loss = F.mse_loss(pred.float(), noise.float())
+        # Every LOSS_CHECK_EVERY steps (a host sync each) and at the end: a diverged run stops early
+        # instead of training on for hours. Not under DDP, where ranks leaving the loop at different
+        # steps would deadlock the all-reduce; the task layer's weight check stops those runs.
+        if (world_size == 1 and (step % LOSS_CHECK_EVERY == 0 or step == train.steps - 1)
+                and not torch.isfinite(loss).item()):
+            raise DivergedError(f"the training loss became {loss.item()} at step {step + 1} of {train.steps}",
+                                "train.lr")
         if world_size > 1:
             loss = loss * share
         optimizer.zero_grad(set_to_none=True)
