@@ -34,7 +34,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _run(argv: List[str]) -> int:
     from mad.config import ConfigError, load_config, to_yaml
-    from mad.plan import plan_chains
+    from mad.plan import describe_compute, estimate_compute, plan_chains
 
     flags = {a for a in argv if a.startswith("--")}
     unknown = flags - {"--dry-run", "--quiet"}
@@ -55,7 +55,10 @@ def _run(argv: List[str]) -> int:
     quiet = "--quiet" in flags or not cfg.report.progress
     if "--dry-run" in flags:
         print(to_yaml(cfg), end="")
-        print(f"# {len(chains)} chain(s), {cfg.loop.generations} generation(s) each; nothing written (--dry-run)")
+        gens = sorted({c.cfg.loop.generations for c in chains})
+        each = str(gens[0]) if len(gens) == 1 else f"{gens[0]}-{gens[-1]}"
+        print(f"# {len(chains)} chain(s), {each} generation(s) each; nothing written (--dry-run)")
+        print(f"# compute: {describe_compute(estimate_compute(chains))}")
         for c in chains:
             print(f"#   {c.name}")
         return 0
