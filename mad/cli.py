@@ -88,5 +88,18 @@ def _report(argv: List[str]) -> int:
         return _fail(str(err))
     path = write_run_report(run, png=png)
     print(text_table(run))
+    from mad.phase import write_phase
+
+    phase = _dotted(run.config, "report.phase") or {}
+    phase_path = write_phase(run.run_dir, run.rows.values(), phase.get("metric", "auto"),
+                             int(phase.get("last_k", 10)), phase.get("baseline_bias"))
+    if phase_path is not None:
+        print(f"phase diagram: {phase_path}")
     print(f"\ndashboard: {path}")
     return 0
+
+
+def _dotted(d: dict, dotted: str):
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d

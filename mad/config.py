@@ -181,10 +181,19 @@ class ArtifactsConfig:
 
 
 @dataclass
+class PhaseConfig:
+    """The fresh-data phase diagram (phase.csv, MAD section 5); see mad/phase.py."""
+    metric: str = "auto"  # the distance: auto = w2 when recorded (Gaussians), else fid
+    last_k: int = 10  # the limit averages each chain's last K generations
+    baseline_bias: Optional[float] = None  # real-only curve at this lambda; None: each cell's own lambda
+
+
+@dataclass
 class ReportConfig:
     html: bool = True  # rewrite report.html after every generation
     tensorboard: bool = True
     progress: bool = True  # progress bars and the per-generation table on the console
+    phase: PhaseConfig = field(default_factory=PhaseConfig)
 
 
 @dataclass
@@ -587,6 +596,10 @@ def _validate_one(cfg: Config) -> None:
     if s.scheduler == Scheduler.ddim and s.steps > m.num_train_timesteps:
         raise ConfigError("sample.steps", f"must be at most model.num_train_timesteps ({m.num_train_timesteps})")
     _positive("resources.sample_shards", cfg.resources.sample_shards)
+    _positive("report.phase.last_k", cfg.report.phase.last_k)
+    pb = cfg.report.phase.baseline_bias
+    if pb is not None and not (0.0 < pb <= 1.0):
+        raise ConfigError("report.phase.baseline_bias", f"must be in (0, 1] or null, got {pb}")
     if cfg.resources.max_retries < 0:
         raise ConfigError("resources.max_retries", "must be at least 0")
     # family / data compatibility
