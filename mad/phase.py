@@ -182,7 +182,8 @@ def _chains(records: Iterable[dict], metric: str) -> list[_Chain]:
         except (KeyError, TypeError, ValueError):
             continue
     out = []
-    for name, gens in by_chain.items():
+    # Sorted by chain name, so float sums do not depend on the order the records came in.
+    for name, gens in sorted(by_chain.items()):
         if 1 not in gens:
             continue
         later = [gens[g] for g in sorted(gens) if g >= 2]
