@@ -4,6 +4,7 @@ import itertools
 
 import pytest
 
+from conftest import run_cli
 from mad.config import ConfigError, LoopKind, config_to_dict, expand_sweep, load_config, set_dotted
 from mad.plan import estimate_compute, plan_chains
 
@@ -84,3 +85,13 @@ def test_compute_estimate_counts_what_the_driver_runs():
     # per chain: (G-1) generations keep 200 synthetic samples (>= n_eval), the last samples n_eval only
     assert est["diffusion_images"] == (2 * 200 + 50) + (4 * 200 + 50)
     assert est["diffusion_denoiser_passes"] == 4 * est["diffusion_images"]
+
+
+def test_dry_run_prints_count_and_compute(tmp_path):
+    proc = run_cli("--dry-run", f"out={tmp_path / 'run'}", "loop.generations=4", "train.steps=10",
+                   "loop.n_init=100", "metrics.n_eval=50", "sample.steps=2")
+    assert proc.returncode == 0, proc.stderr
+    # 3 loops x 4 generations; per chain 3 x 100 kept synthetic + 50 scored at the last generation
+    assert "# 3 chain(s), 4 generation(s) each" in proc.stdout
+    assert "# compute: 12 chain-generation(s); diffusion: 120 training steps, 1,050 images sampled (2,100 denoiser passes)" in proc.stdout
+    assert not (tmp_path / "run").exists()
