@@ -42,7 +42,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _run(argv: List[str]) -> int:
     from mad.config import ConfigError, load_config, to_yaml
-    from mad.plan import plan_chains
+    from mad.plan import describe_compute, estimate_compute, plan_chains
 
     flags = {a for a in argv if a.startswith("--")}
     unknown = flags - {"--dry-run", "--quiet", "--no-repair"}
@@ -63,7 +63,10 @@ def _run(argv: List[str]) -> int:
     quiet = "--quiet" in flags or not cfg.report.progress
     if "--dry-run" in flags:
         print(to_yaml(cfg), end="")
-        print(f"# {len(chains)} chain(s), {cfg.loop.generations} generation(s) each; nothing written (--dry-run)")
+        gens = sorted({c.cfg.loop.generations for c in chains})
+        each = str(gens[0]) if len(gens) == 1 else f"{gens[0]}-{gens[-1]}"
+        print(f"# {len(chains)} chain(s), {each} generation(s) each; nothing written (--dry-run)")
+        print(f"# compute: {describe_compute(estimate_compute(chains))}")
         for c in chains:
             print(f"#   {c.name}")
         return 0
@@ -109,5 +112,18 @@ def _report(argv: List[str]) -> int:
         return _fail(str(err))
     path = write_run_report(run, png=png)
     print(text_table(run))
+    from mad.phase import write_phase
+
+    phase = _dotted(run.config, "report.phase") or {}
+    phase_path = write_phase(run.run_dir, run.rows.values(), phase.get("metric", "auto"),
+                             int(phase.get("last_k", 10)), phase.get("baseline_bias"))
+    if phase_path is not None:
+        print(f"phase diagram: {phase_path}")
     print(f"\ndashboard: {path}")
     return 0
+
+
+def _dotted(d: dict, dotted: str):
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d

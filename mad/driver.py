@@ -228,6 +228,7 @@ class Driver:
         self._log(f"mad: {len(self.chains)} chain(s), {done_gens} generation(s) already done, "
                   f"run directory {self.run_dir.root}" + (" (resuming)" if resuming else ""))
         if not todo:
+            self._write_phase()
             self._after_generation(final=True)
             self._report_failed()
             return self.run_dir
@@ -278,6 +279,7 @@ class Driver:
             self._prune_shared(runs)
         self._log(f"mad: done in {time.time() - self.t_start:.1f}s; metrics in {self.run_dir.root / artifacts.METRICS}; "
                   f"dashboard {self.run_dir.root / 'report.html'}")
+        self._write_phase()
         self._after_generation(final=True)
         self._report_failed()
         return self.run_dir
@@ -295,6 +297,19 @@ class Driver:
         if self.failed:
             print(f"mad: {len(self.failed)} of {len(self.chains)} chain(s) failed: {', '.join(sorted(self.failed))}",
                   file=sys.stderr)
+
+    def _write_phase(self) -> None:
+        """phase.csv of a fresh-data sweep with real-only chains (MAD section 5); nothing otherwise."""
+        from mad.phase import write_phase
+
+        p = self.cfg.report.phase
+        try:
+            path = write_phase(self.run_dir.root, self._ordered_records(), p.metric, p.last_k, p.baseline_bias)
+        except Exception as err:  # an analysis bug must not lose a finished run
+            print(f"mad: warning: phase.csv not written: {err}", file=sys.stderr)
+            return
+        if path is not None:
+            self._log(f"mad: phase diagram in {path}")
 
     def _restore(self, r: ChainRun, remote) -> None:
         """Bring back what a resumed chain needs from disk: earlier synthetic sets and weights."""

@@ -46,3 +46,34 @@ def plan_chains(cfg: Config) -> list[Chain]:
             parts.append(chain_cfg.loop.kind.value)
         chains.append(Chain(i, "-".join(parts), assignment, chain_cfg))
     return chains
+
+
+def estimate_compute(chains: list[Chain]) -> dict[str, int]:
+    """What running ``chains`` costs, in the units a reader can budget: chain-generations, and for
+    diffusion the optimiser steps and images sampled (each image costs ``sample.steps`` network passes).
+
+    Mirrors the driver: every generation trains once and samples max(synthetic set kept, n_eval)
+    images; the last generation keeps no synthetic set."""
+    from mad.config import Family, resolved_counts
+
+    out = {"chains": len(chains), "chain_generations": 0, "diffusion_train_steps": 0, "diffusion_images": 0,
+           "diffusion_denoiser_passes": 0}
+    for c in chains:
+        cfg = c.cfg
+        gens = cfg.loop.generations
+        out["chain_generations"] += gens
+        if cfg.model.family == Family.diffusion:
+            _, n_synth = resolved_counts(cfg.loop)
+            images = (gens - 1) * max(n_synth, cfg.metrics.n_eval) + cfg.metrics.n_eval
+            out["diffusion_train_steps"] += gens * cfg.train.steps
+            out["diffusion_images"] += images
+            out["diffusion_denoiser_passes"] += images * cfg.sample.steps
+    return out
+
+
+def describe_compute(est: dict[str, int]) -> str:
+    text = f"{est['chain_generations']:,} chain-generation(s)"
+    if est["diffusion_train_steps"]:
+        text += (f"; diffusion: {est['diffusion_train_steps']:,} training steps, {est['diffusion_images']:,} images "
+                 f"sampled ({est['diffusion_denoiser_passes']:,} denoiser passes)")
+    return text

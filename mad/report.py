@@ -616,6 +616,105 @@ def heatmap_figure(hm: Heatmap) -> dict:
     return {"data": [trace], "layout": layout}
 
 
+def run_phase_table(run: RunData):
+    """The fresh-data phase diagram of a run (mad.phase), with the run's report.phase settings."""
+    from mad.phase import phase_table
+
+    p = _dotted_get(run.config, "report.phase", None) or {}
+    try:
+        last_k = int(p.get("last_k", 10))
+    except (TypeError, ValueError):
+        last_k = 10
+    return phase_table(run.rows.values(), metric=str(p.get("metric", "auto")), last_k=last_k,
+                       baseline_bias=p.get("baseline_bias"))
+
+
+def phase_figure(table) -> dict:
+    """n_synth against n_real per lambda, coloured by n_e / n_real (white at 1), with the admissible
+    boundary (the largest admissible n_synth per n_real) drawn as a black line."""
+    biases = sorted({c.bias for c in table.cells}, reverse=True)
+    n_reals = sorted({c.n_real for c in table.cells})
+    n_synths = sorted({c.n_synth for c in table.cells})
+    xl, yl = [str(n) for n in n_reals], [str(n) for n in n_synths]
+    domains, plot_h = _grid_domains(len(biases), min(3, len(biases)), panel_px=80 + 34 * len(yl), gap_px=70)
+    ratios = [c.ratio for c in table.cells if math.isfinite(c.ratio) and c.ratio > 0]
+    span = max([abs(math.log2(r)) for r in ratios] + [0.25])
+    thresholds = table.thresholds()
+    data: list[dict] = []
+    layout: dict[str, Any] = {
+        "height": plot_h + 110, "margin": {"t": 50, "b": 60, "l": 70, "r": 20}, "annotations": [],
+        "plot_bgcolor": "white", "paper_bgcolor": "white",
+        # log2 colour scale: halving and doubling n_e look equally strong; white = n_e = n_real
+        "coloraxis": {"colorscale": "RdBu", "cmin": -span, "cmid": 0.0, "cmax": span,
+                      "colorbar": {"title": {"text": "log2(n_e/n_r)"}}},
+        "legend": {"orientation": "h", "y": -0.12},
+    }
+    for i, (bias, (x0, x1, y0, y1)) in enumerate(zip(biases, domains)):
+        axis = "" if i == 0 else str(i + 1)
+        z = [[None] * len(xl) for _ in yl]
+        text = [[""] * len(xl) for _ in yl]
+        for c in table.cells:
+            if c.bias != bias:
+                continue
+            r, j = n_synths.index(c.n_synth), n_reals.index(c.n_real)
+            if math.isfinite(c.ratio) and c.ratio > 0:
+                z[r][j] = math.log2(c.ratio)
+            marks = ("*" if c.extrapolated else "") + ("" if c.converged else "~")
+            text[r][j] = (f"{c.ratio:.2f}{marks}" if math.isfinite(c.ratio) else "?") + \
+                f"<br>{table.metric} {c.limit:.3g}"
+        data.append({"type": "heatmap", "x": xl, "y": yl, "z": z, "text": text, "texttemplate": "%{text}",
+                     "coloraxis": "coloraxis", "xaxis": f"x{axis}", "yaxis": f"y{axis}", "xgap": 2, "ygap": 2,
+                     "hovertemplate": "n_real=%{x}<br>n_synth=%{y}<br>n_e/n_r=%{text}<extra>λ=" + f"{bias:g}</extra>"})
+        bx = [str(n) for n in n_reals if thresholds.get((n, bias)) is not None]
+        by = [str(thresholds[(n, bias)]) for n in n_reals if thresholds.get((n, bias)) is not None]
+        data.append({"type": "scatter", "mode": "lines+markers", "x": bx, "y": by, "xaxis": f"x{axis}",
+                     "yaxis": f"y{axis}", "line": {"color": "black", "width": 3}, "marker": {"size": 9},
+                     "name": "admissible boundary (largest n_s with n_e/n_r >= 1)", "legendgroup": "boundary",
+                     "showlegend": i == 0, "hovertemplate": "λ=" + f"{bias:g}" + ": n_s <= %{y} at n_r=%{x}<extra></extra>"})
+        layout[f"xaxis{axis}"] = {"domain": [x0, x1], "anchor": f"y{axis}", "type": "category",
+                                  "categoryorder": "array", "categoryarray": xl, "title": {"text": "n_real"}}
+        layout[f"yaxis{axis}"] = {"domain": [y0, y1], "anchor": f"x{axis}", "type": "category",
+                                  "categoryorder": "array", "categoryarray": yl, "title": {"text": "n_synth"}}
+        layout["annotations"].append({"text": f"<b>λ = {bias:g}</b>", "x": (x0 + x1) / 2, "y": y1, "xref": "paper",
+                                      "yref": "paper", "xanchor": "center", "yanchor": "bottom",
+                                      "showarrow": False, "font": {"size": 14}})
+    return {"data": data, "layout": layout}
+
+
+def baseline_figure(table) -> dict:
+    """The real-only curve d_real(n) per lambda (log-log), with the cell limits it is read against."""
+    data = []
+    for i, (bias, b) in enumerate(sorted(table.baselines.items(), reverse=True)):
+        color = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#7f7f7f")[i % 6]
+        data.append({"type": "scatter", "mode": "lines+markers", "x": b.n, "y": [_finite(v) for v in b.d],
+                     "error_y": {"type": "data", "array": [_finite(v) or 0.0 for v in b.se], "visible": True},
+                     "name": f"real only, λ={bias:g}", "line": {"color": color}})
+    return {"data": data, "layout": {
+        "height": 340, "margin": {"t": 30, "b": 50, "l": 70, "r": 20},
+        "xaxis": {"type": "log", "title": {"text": "n (real samples per generation)"}},
+        "yaxis": {"type": "log", "title": {"text": f"d_real(n): {table.metric} over the last {table.last_k} generations"}},
+        "plot_bgcolor": "white", "paper_bgcolor": "white"}}
+
+
+def _phase_section(run: RunData, figures: list[dict]) -> str:
+    try:
+        table = run_phase_table(run)
+    except Exception as err:  # the analysis must not take the page down with it
+        return f"<h2>Phase diagram</h2><p class='note'>not computed: {html.escape(str(err))}</p>"
+    if table is None or not table.cells:
+        return ""
+    figures.append({"id": "phase", **phase_figure(table)})
+    figures.append({"id": "phase-baseline", **baseline_figure(table)})
+    return ("<h2>Phase diagram (fresh data, MAD section 5)</h2><p class='note'>Each cell: n_e / n_real, where "
+            f"n_e is the number of real samples per generation whose real-only chains reach the cell's limiting "
+            f"{html.escape(table.metric)} (mean of the last {table.last_k} generations over seeds). Blue: the "
+            "synthetic data helped (n_e &gt; n_real); red: it hurt. Black line: the admissible threshold, the largest "
+            "n_synth with n_e / n_real &ge; 1. * = n_e extrapolated beyond the real-only range; ~ = not converged "
+            "(slope over the window significant). All numbers in phase.csv.</p>"
+            "<div class='card'><div id='phase'></div></div>"
+            "<div class='card'><div id='phase-baseline'></div></div>")
+
+
 # ============================================================================ 3. html
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 24px 40px;color:#222;background:#fafafa}
@@ -789,6 +888,7 @@ def render_html(run: RunData, png_dir: Optional[Path] = None) -> str:
             for i, hm in enumerate(hms):
                 figures.append({"id": f"heatmap-{i}", **heatmap_figure(hm)})
                 parts.append(f"<div class='card'><div id='heatmap-{i}' class='heatmap-plot'></div></div>")
+        parts.append(_phase_section(run, figures))
         parts.append(_sample_section(run, groups, figures))
         if png_dir is not None:
             _write_pngs(run, groups, panels, hms, png_dir)
