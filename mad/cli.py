@@ -10,7 +10,7 @@ import sys
 from typing import List, Optional
 
 USAGE = """usage: python run.py [CONFIG.yaml] [dotted.key=value ...] [--dry-run] [--quiet] [--no-repair]
-       python run.py report RUN_DIR [--png]
+       python run.py report RUN_DIR [--png] [--band mean_std|median_iqr]
        python run.py verify RUN_DIR
 
 Runs the self-consuming loop described by CONFIG (default configs/default.yaml).
@@ -100,17 +100,27 @@ def _verify(argv: List[str]) -> int:
 
 
 def _report(argv: List[str]) -> int:
+    usage = "usage: python run.py report RUN_DIR [--png] [--band mean_std|median_iqr]"
     png = "--png" in argv
     rest = [a for a in argv if a != "--png"]
+    band = None  # --band X or --band=X: what groups of seeds draw, overriding the run's report.band
+    for i, a in enumerate(rest):
+        if a == "--band" or a.startswith("--band="):
+            band = a.partition("=")[2] if "=" in a else (rest[i + 1] if i + 1 < len(rest) else "")
+            rest = rest[:i] + rest[i + (1 if "=" in a else 2):]
+            break
     if len(rest) != 1 or rest[0].startswith("--"):
-        return _fail("usage: python run.py report RUN_DIR [--png]")
-    from mad.report import ReportError, load_run, text_table, write_run_report
+        return _fail(usage)
+    from mad.report import BANDS, ReportError, load_run, run_band, text_table, write_run_report
 
+    if band is not None and band not in BANDS:
+        return _fail(f"--band: unknown band {band!r}; choose one of {', '.join(BANDS)}")
     try:
         run = load_run(rest[0])
+        band = run_band(run, band)
     except ReportError as err:
         return _fail(str(err))
-    path = write_run_report(run, png=png)
+    path = write_run_report(run, png=png, band=band)
     print(text_table(run))
     from mad.phase import write_phase
 

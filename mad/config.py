@@ -89,6 +89,11 @@ class KeepModels(str, Enum):
     last = "last"
 
 
+class Band(str, Enum):
+    mean_std = "mean_std"
+    median_iqr = "median_iqr"
+
+
 # ----------------------------------------------------------------------------- schema
 @dataclass
 class DataConfig:
@@ -197,6 +202,7 @@ class PhaseConfig:
 @dataclass
 class ReportConfig:
     html: bool = True  # rewrite report.html after every generation
+    band: Band = Band.mean_std  # what a group of seeds draws: mean +- std, or median with the interquartile band
     tensorboard: bool = True
     progress: bool = True  # progress bars and the per-generation table on the console
     phase: PhaseConfig = field(default_factory=PhaseConfig)

@@ -30,7 +30,8 @@ class Line:
     """One curve of a metric panel, in a form both plotly and matplotlib can draw.
 
     role: "chain" (one chain of a multi-seed group, drawn faint), "single" (the only chain of
-    its group), "mean" (mean over seeds, with ``lo``/``hi`` the mean -/+ one std), "theory".
+    its group), "mean" (the group's summary over seeds: the mean with ``lo``/``hi`` the mean -/+ one
+    std, or with ``extra["band"] == "median_iqr"`` the median with the quartiles), "theory".
     ``y`` holds None where a generation has no value (a gap, not a zero).
     """
 
@@ -131,10 +132,13 @@ def render_scatter(x: np.ndarray, title: str = "", color: str = "#1f77b4", size_
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
-def save_metric_png(path: Path, metric: str, lines: Sequence[Line], title: str = "") -> None:
-    """One metric vs generation, styled like the HTML page (colour per loop, dash per lambda)."""
+def save_metric_png(path: Path, metric: str, lines: Sequence[Line], title: str = "", log_y: bool = False) -> None:
+    """One metric vs generation, styled like the HTML page (colour per loop, dash per lambda);
+    ``log_y``: a log y axis (values <= 0 are not drawn there)."""
     fig = _figure(9.0, 4.0)
     ax = fig.add_subplot()
+    if log_y:
+        ax.set_yscale("log", nonpositive="mask")
     theory_labelled = False
     for line in lines:
         x = np.asarray(line.x, dtype=float)

@@ -32,16 +32,20 @@ from mad.plots import Line, encode_png, first_two_dims, is_image_batch, tile_ima
 # Dotted keys (the sweep assignment) are never metrics either.
 NON_METRIC_KEYS = frozenset({"chain", "loop", "seed", "bias", "gen", "n_real", "n_synth", "synth_size", "wall_s",
                              "time", "family", "data", "index", "name", "real_seen_frac"})
-METRIC_ORDER = ("fid", "precision", "recall", "density", "coverage", "w2", "trace_ratio", "mean_shift",
-                "class_entropy", "class_kl", "mean_confidence", "label_accuracy")
+METRIC_ORDER = ("fid", "precision", "recall", "density", "coverage", "w2", "trace_ratio", "logdet_ratio",
+                "logdet_ratio_per_dim", "mean_shift", "class_entropy", "class_kl", "mean_confidence", "label_accuracy")
 METRIC_HINTS = {  # shown in the panel titles so a reader knows which way is good
     "fid": "lower is better", "w2": "lower is better", "class_kl": "lower is better",
-    "mean_shift": "0 is ideal", "trace_ratio": "1 is ideal", "precision": "quality, higher is better",
+    "mean_shift": "0 is ideal", "trace_ratio": "1 is ideal", "logdet_ratio": "0 is ideal",
+    "logdet_ratio_per_dim": "0 is ideal", "precision": "quality, higher is better",
     "recall": "diversity, higher is better", "density": "higher is better", "coverage": "higher is better",
     "class_entropy": "higher = classes more even", "mean_confidence": "higher is better",
     "label_accuracy": "higher is better", "wall_s": "seconds",
 }
 HEATMAP_PREFERENCE = ("fid", "w2")
+# Positive ratios that decay geometrically: drawn on a log y axis (the page's buttons still switch it).
+LOG_Y_METRICS = frozenset({"trace_ratio"})
+BANDS = ("mean_std", "median_iqr")  # report.band: what a group of seeds draws
 MAX_PREVIEW_GENS = 12  # sample columns per chain; evenly spaced, first and last always shown
 GRID_IMAGES = 16
 SEED_KEY = "seed"
@@ -240,7 +244,7 @@ def load_run(run_dir: str | Path) -> RunData:
 # ============================================================================ 2. figures
 @dataclass
 class Group:
-    """Chains that differ only in seed: drawn as one curve (mean and std band over seeds)."""
+    """Chains that differ only in seed: drawn as one curve (mean ± std or median and IQR over seeds)."""
 
     label: str
     loop: str
@@ -295,13 +299,10 @@ def _gens_with(run: RunData, chain: ChainInfo, key: str) -> tuple[list[int], lis
     return xs, ys
 
 
-def theory_trace_ratio(run: RunData, group: Group) -> Optional[Line]:
-    """E[trace_ratio] for the fully synthetic Gaussian loop (MAD section 3.1).
-
-    Generation 1 is fitted on real data, so E = 1 (unbiased) or (n_init - 1)/n_init (MLE). Each later
-    generation is fitted on samples of N(mu, lambda Sigma) from the previous one, multiplying the
-    expectation by lambda (unbiased) or lambda (n - 1)/n (MLE, n samples).
-    """
+def _theory_sizes(run: RunData, group: Group) -> Optional[tuple[list[int], list[Optional[float]], bool]]:
+    """(generations, training-set size of each, MLE?) of a fully synthetic Gaussian group, or None where
+    no closed form applies. Generation 1 fits n_init real samples, each later one the previous
+    generation's samples (n_synth + n_real as recorded, else the config's n_synth or n_init)."""
     first = group.chains[0]
     if group.loop != "fully_synthetic" or first.family != "gaussian":
         return None
@@ -313,30 +314,127 @@ def theory_trace_ratio(run: RunData, group: Group) -> Optional[Line]:
     mle = str(run.setting(first, "model.estimator", "unbiased")) == "mle"
     n_init = run.setting(first, "loop.n_init", None)
     n_synth = run.setting(first, "loop.n_synth", None) or n_init
-    xs, ys = [], []
-    expected = 1.0
+    gens, sizes = [], []
     for gen in range(1, last + 1):
         row = next((run.rows[(c.name, gen)] for c in group.chains if (c.name, gen) in run.rows), {})
         if gen == 1:
             n = _finite(row.get("n_real")) or n_init
-            factor = 1.0
         else:
             n = ((_finite(row.get("n_synth")) or 0) + (_finite(row.get("n_real")) or 0)) or n_synth
-            factor = group.bias
+        gens.append(gen)
+        sizes.append(None if n is None else float(n))
+    return gens, sizes, mle
+
+
+def theory_trace_ratio(run: RunData, group: Group) -> Optional[Line]:
+    """E[trace_ratio] for the fully synthetic Gaussian loop (MAD section 3.1): the MEAN over chains.
+
+    Generation 1 is fitted on real data, so E = 1 (unbiased) or (n_init - 1)/n_init (MLE). Each later
+    generation is fitted on samples of N(mu, lambda Sigma) from the previous one, multiplying the
+    expectation by lambda (unbiased) or lambda (n - 1)/n (MLE, n samples). The typical chain falls
+    below it (see :func:`theory_logdet_ratio`).
+    """
+    setup = _theory_sizes(run, group)
+    if setup is None:
+        return None
+    gens, sizes, mle = setup
+    ys = []
+    expected = 1.0
+    for gen, n in zip(gens, sizes):
+        factor = 1.0 if gen == 1 else group.bias
         if mle:
             if not n or n < 2:
                 return None
             factor *= (n - 1) / n
         expected *= factor
-        xs.append(gen)
         ys.append(expected)
     formula = "(λ(n−1)/n)^(t−1)" if mle else "λ^(t−1)"
-    return Line(x=xs, y=ys, label=f"theory E[trace_ratio] = {formula}", group="theory", color="black",
-                dash=group.dash, role="theory", hover=f"theory, λ={group.bias:g}")
+    return Line(x=gens, y=ys, label=f"theory E[trace_ratio] = {formula} (mean)", group="theory", color="black",
+                dash=group.dash, role="theory", hover=f"theory (mean), λ={group.bias:g}")
 
 
-def metric_lines(run: RunData, groups: list[Group], metric: str) -> list[Line]:
-    """The curves of one metric panel: per group a single line, or faint seeds plus mean and std."""
+def logdet_refit_term(n: float, d: int, mle: bool = False) -> Optional[float]:
+    """E[log det S - log det Sigma] for S fitted to n samples of N(mu, Sigma) in d dimensions.
+
+    (n-1) S_unbiased = n S_mle is Wishart(n-1, Sigma); by Bartlett's decomposition its determinant is
+    det Sigma times a product of independent chi^2 with n-1, ..., n-d degrees of freedom, and
+    E[log chi^2_k] = psi(k/2) + log 2. So the unbiased fit adds
+    sum_{i<d} psi((n-1-i)/2) + d log 2 - d log(n-1), the MLE the same with n in the last term.
+    None when n <= d: the fit is singular, its log det -inf."""
+    if n is None or n <= d:
+        return None
+    from scipy.special import digamma  # here, not at import: the report module stays light
+
+    k = (n - 1 - np.arange(d)) / 2.0
+    return float(np.sum(digamma(k)) + d * math.log(2.0) - d * math.log(n if mle else n - 1))
+
+
+def expected_logdet_ratio(d: int, sizes: Iterable[Optional[float]], bias: float,
+                          mle: bool = False) -> Optional[list[float]]:
+    """E[log det Sigma_t - log det Sigma_real], t = 1, 2, ..., for the fully synthetic Gaussian loop
+    whose generation t is fitted to ``sizes[t-1]`` samples (generation 1: real data). Generation 1
+    adds c(n_init) (:func:`logdet_refit_term`); each later one samples from N(mu, lambda Sigma) and
+    refits, adding d log lambda + c(n). It falls linearly even at lambda = 1: the typical chain
+    collapses while E[trace_ratio] stays 1. None when a fit would be singular (n <= d)."""
+    out, total = [], 0.0
+    for t, n in enumerate(sizes, start=1):
+        c = logdet_refit_term(n, d, mle)
+        if c is None:
+            return None
+        total += c + (d * math.log(bias) if t > 1 else 0.0)
+        out.append(total)
+    return out
+
+
+def theory_logdet_ratio(run: RunData, group: Group, per_dim: bool = False) -> Optional[Line]:
+    """E[logdet_ratio] (or per dimension) for a fully synthetic Gaussian group on Gaussian real data:
+    the typical path, next to the mean that :func:`theory_trace_ratio` draws."""
+    setup = _theory_sizes(run, group)
+    first = group.chains[0]
+    if setup is None or first.data != "gaussian" or group.bias <= 0:
+        return None
+    gens, sizes, mle = setup
+    d = run.setting(first, "data.dim", None)
+    if not isinstance(d, int) or d < 1:
+        return None
+    ys = expected_logdet_ratio(d, sizes, group.bias, mle)
+    if ys is None:
+        return None
+    if per_dim:
+        ys = [y / d for y in ys]
+    metric = "logdet_ratio_per_dim" if per_dim else "logdet_ratio"
+    return Line(x=gens, y=ys, label=f"theory E[{metric}] (typical path)", group="theory", color="black",
+                dash=group.dash, role="theory", hover=f"theory E[log det], λ={group.bias:g}")
+
+
+def _summary(vals: np.ndarray, band: str, log_y: bool) -> tuple[float, Optional[float], Optional[float]]:
+    """(centre, lower edge, upper edge) of one generation's values over seeds.
+
+    mean_std: mean -+ std (ddof 1); median_iqr: median and the 25th/75th percentiles (numpy's
+    linear interpolation). No band from a single value. On a log axis mean - std is often <= 0,
+    which a log axis cannot draw: there the lower edge is clipped to the lowest seed's value."""
+    if band == "median_iqr":
+        centre = float(np.median(vals))
+        if len(vals) < 2:
+            return centre, None, None
+        return centre, float(np.percentile(vals, 25)), float(np.percentile(vals, 75))
+    centre = float(vals.mean())
+    if len(vals) < 2:
+        return centre, None, None
+    s = float(vals.std(ddof=1))
+    lo = centre - s
+    if log_y and lo <= 0:
+        lowest = float(vals.min())
+        lo = lowest if lowest > 0 else None
+    return centre, lo, centre + s
+
+
+def metric_lines(run: RunData, groups: list[Group], metric: str, band: str = "mean_std") -> list[Line]:
+    """The curves of one metric panel: per group a single line, or faint seeds plus the group's
+    summary over seeds (``band``: mean_std or median_iqr, see :func:`_summary`)."""
+    if band not in BANDS:
+        raise ReportError(f"report.band: unknown band {band!r}; choose one of {', '.join(BANDS)}")
+    log_y = metric in LOG_Y_METRICS
     lines: list[Line] = []
     for g in groups:
         series = [(c, *_gens_with(run, c, metric)) for c in g.chains]
@@ -352,20 +450,23 @@ def metric_lines(run: RunData, groups: list[Group], metric: str) -> list[Line]:
             lines.append(Line(x=xs, y=ys, label=c.name, group=g.label, color=g.color, dash=g.dash,
                               role="chain", hover=c.name))
         gens = sorted({x for _, xs, _ in series for x in xs})
-        mean, lo, hi, counts = [], [], [], []
+        centre, lo, hi, counts = [], [], [], []
         for gen in gens:
             vals = np.array([ys[xs.index(gen)] for _, xs, ys in series if gen in xs])
-            m = float(vals.mean())
-            s = float(vals.std(ddof=1)) if len(vals) > 1 else None
-            mean.append(m)
-            lo.append(m - s if s is not None else None)
-            hi.append(m + s if s is not None else None)
+            c, low, high = _summary(vals, band, log_y)
+            centre.append(c)
+            lo.append(low)
+            hi.append(high)
             counts.append(len(vals))
-        lines.append(Line(x=gens, y=mean, label=f"{g.label} (mean ± std, {len(g.chains)} seeds)", group=g.label,
+        what = "median, IQR" if band == "median_iqr" else "mean ± std"
+        lines.append(Line(x=gens, y=centre, label=f"{g.label} ({what}, {len(g.chains)} seeds)", group=g.label,
                           color=g.color, dash=g.dash, role="mean", hover=g.label, lo=lo, hi=hi,
-                          extra={"counts": counts}))
+                          extra={"counts": counts, "band": band}))
     if metric == "trace_ratio":
         lines += [t for t in (theory_trace_ratio(run, g) for g in groups) if t is not None]
+    elif metric in ("logdet_ratio", "logdet_ratio_per_dim"):
+        per_dim = metric == "logdet_ratio_per_dim"
+        lines += [t for t in (theory_logdet_ratio(run, g, per_dim) for g in groups) if t is not None]
     return lines
 
 
@@ -446,7 +547,8 @@ def metrics_figure(panels: list[tuple[str, list[Line]]]) -> dict:
         layout[f"xaxis{axis}"] = {"domain": [x0, x1], "anchor": f"y{axis}", "title": {"text": "generation"},
                                   "tickformat": "d", **({"dtick": 1} if max_gen <= 15 else {}), **grid}
         layout[f"yaxis{axis}"] = {"domain": [y0, y1], "anchor": f"x{axis}", "title": {"text": metric},
-                                  "exponentformat": "power", **grid}
+                                  "exponentformat": "power", **grid,
+                                  **({"type": "log"} if metric in LOG_Y_METRICS else {})}
         hint = METRIC_HINTS.get(metric)
         title = f"<b>{metric}</b>" + (f" <span style='color:#777'>({hint})</span>" if hint else "")
         layout["annotations"].append({"text": title, "x": (x0 + x1) / 2, "y": y1, "xref": "paper", "yref": "paper",
@@ -841,8 +943,18 @@ def _progress_table(run: RunData, groups: list[Group]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def render_html(run: RunData, png_dir: Optional[Path] = None) -> str:
-    """The whole page as a string; with ``png_dir``, also the matplotlib PNGs for papers."""
+def run_band(run: RunData, band: Optional[str] = None) -> str:
+    """``band`` when given (the report command's --band), else the run's ``report.band``, else mean_std."""
+    value = band if band is not None else _dotted_get(run.config, "report.band", None) or "mean_std"
+    if value not in BANDS:
+        raise ReportError(f"report.band: unknown band {value!r}; choose one of {', '.join(BANDS)}")
+    return str(value)
+
+
+def render_html(run: RunData, png_dir: Optional[Path] = None, band: Optional[str] = None) -> str:
+    """The whole page as a string; with ``png_dir``, also the matplotlib PNGs for papers.
+    ``band`` overrides the run's ``report.band`` (mean_std or median_iqr)."""
+    band = run_band(run, band)
     groups = group_chains(run)
     planned = sum(c.generations or 0 for c in run.chains)
     finished = bool(planned) and run.n_done >= planned
@@ -864,18 +976,24 @@ def render_html(run: RunData, png_dir: Optional[Path] = None) -> str:
     else:
         panel_keys = list(run.metrics) + (["wall_s"] if any(_finite(r.get("wall_s")) is not None
                                                             for r in run.rows.values()) else [])
-        panels = [(m, metric_lines(run, groups, m)) for m in panel_keys]
+        panels = [(m, metric_lines(run, groups, m, band)) for m in panel_keys]
         fig = metrics_figure(panels)
         figures.append({"id": "metrics", **fig})
         theory = any(ln.role == "theory" for _, lines in panels for ln in lines)
         seeds = any(len(g.chains) > 1 for g in groups)
         notes = ["One colour per loop kind (shades: other swept keys), one dash per λ.",
                  "Click a legend entry to hide a group everywhere; double-click to isolate it."]
-        if seeds:
-            notes.append("Groups with several seeds: thick line = mean, band = ± one std over seeds, faint lines = seeds.")
+        if seeds and band == "median_iqr":
+            notes.append("Groups with several seeds: thick line = median, band = interquartile range (25th to 75th "
+                         "percentile) over seeds, faint lines = seeds.")
+        elif seeds:
+            notes.append("Groups with several seeds: thick line = mean, band = ± one std over seeds (on log axes "
+                         "clipped below at the lowest seed), faint lines = seeds.")
         if theory:
-            notes.append("Black curves with × on trace_ratio: the theory E[tr Σ_t / tr Σ_0] of the fully synthetic "
-                         "Gaussian loop, in the dash of their λ.")
+            notes.append("Black curves with ×: the theory of the fully synthetic Gaussian loop, in the dash of their "
+                         "λ. On trace_ratio the MEAN E[tr Σ_t / tr Σ_0] = λ^(t−1), which stays flat at λ = 1 while "
+                         "most chains collapse; on logdet_ratio the typical path E[log det Σ_t − log det Σ_real], "
+                         "which falls linearly even at λ = 1 (null in metrics.jsonl, a gap here: a singular fit).")
         parts.append("<h2>Metrics vs generation</h2>"
                      f"<p class='note'>{' '.join(notes)}</p>"
                      "<div>y axes: <button onclick=\"madSetYScale('metrics','linear')\">linear</button>"
@@ -917,7 +1035,7 @@ def _write_pngs(run: RunData, groups: list[Group], panels: list[tuple[str, list[
 
     out.mkdir(parents=True, exist_ok=True)
     for metric, lines in panels:
-        save_metric_png(out / f"metric_{_safe_name(metric)}.png", metric, lines)
+        save_metric_png(out / f"metric_{_safe_name(metric)}.png", metric, lines, log_y=metric in LOG_Y_METRICS)
     for g in groups:
         for c in g.chains:
             previews = [(gen, x) for gen in select_gens(c.done)
@@ -931,18 +1049,19 @@ def _write_pngs(run: RunData, groups: list[Group], panels: list[tuple[str, list[
                              hm.y_key, hm.y_labels, hm.z[metric], title=f"final {metric} {hm.title}".strip())
 
 
-def write_run_report(run: RunData, png: bool = False) -> Path:
+def write_run_report(run: RunData, png: bool = False, band: Optional[str] = None) -> Path:
     """``write_report`` for a run already loaded with ``load_run``."""
-    page = render_html(run, png_dir=run.run_dir / "figures" if png else None)
+    page = render_html(run, png_dir=run.run_dir / "figures" if png else None, band=band)
     path = run.run_dir / "report.html"
     write_text(path, page)
     return path
 
 
-def write_report(run_dir: str | Path, png: bool = False) -> Path:
+def write_report(run_dir: str | Path, png: bool = False, band: Optional[str] = None) -> Path:
     """Write ``run_dir/report.html`` (and with ``png=True`` the figures as PNGs under ``run_dir/figures``).
+    ``band`` (mean_std or median_iqr) overrides the run's ``report.band``.
 
     Safe to call while the driver is still running: unfinished generations are ignored.
-    Raises ReportError when ``run_dir`` has no config.yaml.
+    Raises ReportError when ``run_dir`` has no config.yaml, or for an unknown band.
     """
-    return write_run_report(load_run(run_dir), png=png)
+    return write_run_report(load_run(run_dir), png=png, band=band)

@@ -94,7 +94,7 @@ def sample_shard(state: dict, n: int, shard: int, pool_shape: tuple, num_classes
 def evaluate_generation(reference, state: dict, shards: Sequence[Shard], n_eval: int,
                         metrics: MetricsConfig, family: Family, bias: float,
                         real_moments: Optional[tuple], real_is_gaussian: bool,
-                        device: Optional[str] = None) -> dict[str, float]:
+                        device: Optional[str] = None) -> dict[str, Optional[float]]:
     from mad.metrics import evaluate
 
     x, y = concat_shards(shards)
@@ -103,7 +103,8 @@ def evaluate_generation(reference, state: dict, shards: Sequence[Shard], n_eval:
         from mad.models.gaussian import closed_form_metrics
 
         out.update(closed_form_metrics(state, bias, real_moments[0], real_moments[1], real_is_gaussian))
-    return {k: float(v) for k, v in out.items()}
+    # None stays None (JSON null): a value that does not exist, e.g. the log det of a singular fit
+    return {k: None if v is None else float(v) for k, v in out.items()}
 
 
 def prepare_reference(ref_x, ref_y, pool: RealPool, metrics: MetricsConfig):

@@ -79,8 +79,9 @@ def _write_run(run_dir: Path, cfg: Config, simulate, partial: bool) -> Path:
 
 def write_gaussian_run(run_dir: str | Path, generations: int = 5, seeds: int = 2, dim: int = 4, n: int = 40,
                        kinds: tuple[str, ...] = ("fully_synthetic", "fresh_data"),
-                       biases: tuple[float, ...] = (1.0, 0.7), partial: bool = True) -> Path:
-    """A Gaussian sweep loop.kind x sample.bias x seed, simulated for real with numpy."""
+                       biases: tuple[float, ...] = (1.0, 0.7), partial: bool = True, logdet: bool = False) -> Path:
+    """A Gaussian sweep loop.kind x sample.bias x seed, simulated for real with numpy; with ``logdet``
+    the records also hold logdet_ratio and logdet_ratio_per_dim (the real covariance is I)."""
     cfg = Config(out=str(run_dir), data=DataConfig(name=DataName.gaussian, dim=dim),
                  model=ModelConfig(family=Family.gaussian),
                  loop=LoopConfig(generations=generations, n_init=n, n_real=n, n_synth=n))
@@ -100,6 +101,10 @@ def write_gaussian_run(run_dir: str | Path, generations: int = 5, seeds: int = 2
                        "mean_shift": float(np.linalg.norm(mean)), "n_real": c.loop.n_init if gen == 1 else
                        (0 if c.loop.kind == LoopKind.fully_synthetic else c.loop.n_real),
                        "n_synth": 0 if gen == 1 else c.loop.n_synth}
+            if logdet:
+                sign, value = np.linalg.slogdet(cov)
+                metrics["logdet_ratio"] = float(value) if sign > 0 else None
+                metrics["logdet_ratio_per_dim"] = float(value) / dim if sign > 0 else None
             metrics["wall_s"] = time.perf_counter() - t0 + 0.1 * gen
             yield draw(64), None, metrics
             if c.loop.kind == LoopKind.fully_synthetic:

@@ -59,19 +59,105 @@ def test_fid_of_two_gaussians_matches_closed_form():
     assert gaussian_w2(np.zeros(d), np.eye(d), m, s**2 * np.eye(d)) == pytest.approx(math.sqrt(exact), rel=1e-12)
 
 
-@pytest.mark.parametrize("n1,n2,d,rank", [(300, 300, 4, 4), (400, 300, 64, 64), (300, 200, 128, 20), (12, 15, 256, 256)])
-def test_fast_frechet_matches_cleanfid(n1, n2, d, rank):
-    """The per-generation eigenvalue path agrees with clean-fid's sqrtm, also when rank-deficient."""
+def _cleanfid_frechet(mu1, s1, mu2, s2) -> float:
+    """clean-fid's own frechet_distance: the reference (it needs scipy < 1.18 for sqrtm(disp=...))."""
+    import warnings
+
+    from cleanfid.fid import frechet_distance as clean_frechet
+
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return float(np.real(clean_frechet(mu1, s1, mu2, s2)))
+
+
+@pytest.mark.parametrize("n1,n2,d", [(300, 300, 2), (300, 300, 4), (400, 300, 64), (3000, 2000, 128)])
+def test_frechet_matches_cleanfid(n1, n2, d):
+    """Well-conditioned d >= 2: our eigenvalue path equals clean-fid's sqrtm to round-off."""
+    rng = np.random.default_rng(d)
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    w = q * np.linspace(0.5, 2.0, d)  # a rotated, well-conditioned scale
+    a = rng.standard_normal((n1, d)) @ w
+    b = (1.1 * rng.standard_normal((n2, d)) + 0.2) @ w
+    (mu1, s1), (mu2, s2) = feature_stats(a), feature_stats(b)
+    assert np.linalg.cond(s1) < 1e3 and np.linalg.cond(s2) < 1e3
+    expected = _cleanfid_frechet(mu1, s1, mu2, s2)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance(mu1, s1, mu2, s2, sqrt_psd(s1)) == pytest.approx(expected, rel=1e-9)
+    assert frechet_distance_fast(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
+    # the per-generation path: Gram matrix of the generated features when n2 < d
+    assert fid_to_reference(mu1, s1, sqrt_psd(s1), b) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("n1,n2,d,rank", [(300, 200, 128, 20), (12, 15, 256, 256), (40, 30, 7, 3), (5, 4, 50, 50)])
+def test_frechet_exact_for_singular_covariances(n1, n2, d, rank):
+    """Rank-deficient covariances (fewer samples or factors than dimensions). The independent exact
+    value: with S = L L^T for any factors, Tr sqrt(S1^1/2 S2 S1^1/2) is the nuclear norm of L2^T L1."""
     rng = np.random.default_rng(d + rank)
     w = rng.standard_normal((rank, d))
     a = rng.standard_normal((n1, rank)) @ w
     b = (1.1 * rng.standard_normal((n2, rank)) + 0.2) @ w
     (mu1, s1), (mu2, s2) = feature_stats(a), feature_stats(b)
-    expected = frechet_distance(mu1, s1, mu2, s2)
-    assert frechet_distance_fast(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-6)
-    assert frechet_distance_fast(mu1, s1, mu2, s2, sqrt_psd(s1)) == pytest.approx(expected, rel=1e-6)
-    # the per-generation path: Gram matrix of the generated features (n2 < d: the small side)
-    assert fid_to_reference(mu1, s1, sqrt_psd(s1), b) == pytest.approx(expected, rel=1e-6)
+    assert np.linalg.matrix_rank(s1) < d and np.linalg.matrix_rank(s2) < d
+    l1 = (a - mu1).T / np.sqrt(n1 - 1)  # S1 = L1 L1^T
+    l2 = (b - mu2).T / np.sqrt(n2 - 1)
+    nuclear = np.linalg.svd(l2.T @ l1, compute_uv=False).sum()
+    exact = float((mu1 - mu2) @ (mu1 - mu2) + np.trace(s1) + np.trace(s2) - 2 * nuclear)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(exact, rel=1e-11)
+    assert fid_to_reference(mu1, s1, sqrt_psd(s1), b) == pytest.approx(exact, rel=1e-11)
+
+
+def test_frechet_with_zero_covariances():
+    """A point mass against a Gaussian: |mu1 - mu2|^2 + Tr S2; two point masses: |mu1 - mu2|^2."""
+    rng = np.random.default_rng(3)
+    for d in (1, 2, 5):
+        mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
+        g = rng.standard_normal((d, d))
+        s2, zero = g @ g.T, np.zeros((d, d))
+        diff2 = float((mu1 - mu2) @ (mu1 - mu2))
+        assert frechet_distance(mu1, zero, mu2, s2) == pytest.approx(diff2 + np.trace(s2), rel=1e-12)
+        assert frechet_distance(mu2, s2, mu1, zero) == pytest.approx(diff2 + np.trace(s2), rel=1e-12)
+        assert frechet_distance(mu1, zero, mu2, zero) == pytest.approx(diff2, rel=1e-12)
+        assert gaussian_w2(mu1, zero, mu1, zero) == 0.0
+
+
+@pytest.mark.parametrize("mu1,var1,mu2,var2", [(0.0, 1.0, 0.0, 1.0), (0.3, 2.0, -1.2, 0.5), (5.0, 1e-12, 5.0, 1.0),
+                                               (0.0, 0.0, 1.0, 0.0), (1e3, 4e6, -1e3, 9e6), (0.1, 1.0, 0.1, 1.0 + 1e-9)])
+def test_frechet_in_one_dimension_is_the_closed_form(mu1, var1, mu2, var2):
+    """d = 1 (scipy 1.17's sqrtm(disp=False) broke clean-fid here): (mu1 - mu2)^2 + (s1 - s2)^2."""
+    exact = (mu1 - mu2) ** 2 + (math.sqrt(var1) - math.sqrt(var2)) ** 2
+    got = frechet_distance(np.array([mu1]), np.array([[var1]]), np.array([mu2]), np.array([[var2]]))
+    assert got == pytest.approx(exact, rel=1e-12, abs=1e-300)
+    assert frechet_distance(mu1, var1, mu2, var2) == got  # scalars are 1-D Gaussians too
+    assert gaussian_w2(mu1, var1, mu2, var2) == pytest.approx(math.sqrt(exact), rel=1e-12, abs=1e-300)
+
+
+def test_fid_of_one_dimensional_features():
+    """1-D raw features through every FID entry point: the closed form of the sample moments."""
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(0.0, 1.0, (500, 1)), rng.normal(0.5, 2.0, (300, 1))
+    exact = (a.mean() - b.mean()) ** 2 + (a.std(ddof=1) - b.std(ddof=1)) ** 2
+    assert fid_from_features(a, b) == pytest.approx(exact, rel=1e-12)
+    mu, sigma = feature_stats(a)
+    assert sigma.shape == (1, 1)
+    assert fid_to_reference(mu, sigma, sqrt_psd(sigma), b) == pytest.approx(exact, rel=1e-12)
+    assert fid_to_reference(mu, sigma, sqrt_psd(sigma), b[:2]) == pytest.approx(
+        (a.mean() - b[:2].mean()) ** 2 + (a.std(ddof=1) - b[:2].std(ddof=1)) ** 2, rel=1e-12)
+
+
+def test_evaluate_on_one_dimensional_data():
+    """The driver's metrics path on d = 1 raw features: finite, and equal to the references."""
+    rng = np.random.default_rng(5)
+    real, fake = rng.standard_normal((400, 1)), 0.5 * rng.standard_normal((300, 1)) + 0.3
+    cfg = MetricsConfig(features=Features.raw, k=5)
+    ref = prepare_reference(real, None, real, None, cfg, None)
+    out = evaluate(ref, fake, None, cfg)
+    assert all(math.isfinite(v) for v in out.values())
+    exact = (real.mean() - fake.mean()) ** 2 + (real.std(ddof=1) - fake.std(ddof=1)) ** 2
+    assert out["fid"] == pytest.approx(exact, rel=1e-12)
+    theirs = reference_prdc(real, fake, 5)
+    for key in ("precision", "recall", "density", "coverage"):
+        assert out[key] == pytest.approx(theirs[key], abs=1e-12), key
+    assert out["coverage"] < 0.9  # a narrower fake set leaves the real tails uncovered: not a trivial all-ones
 
 
 def test_frechet_bad_inputs():

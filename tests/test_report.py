@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mad.report import ReportError, group_chains, load_run, text_table, theory_trace_ratio, write_report
+from mad.report import (ReportError, _summary, group_chains, load_run, metric_lines, text_table, theory_logdet_ratio,
+                        theory_trace_ratio, write_report)
 from report_fixtures import write_digits_run, write_empty_run, write_gaussian_run
 
 GAUSS_GENS, GAUSS_SEEDS = 5, 2
@@ -30,6 +31,17 @@ GAUSS_GENS, GAUSS_SEEDS = 5, 2
 @pytest.fixture(scope="module")
 def gauss_run(tmp_path_factory) -> Path:
     return write_gaussian_run(tmp_path_factory.mktemp("gauss") / "run", generations=GAUSS_GENS, seeds=GAUSS_SEEDS)
+
+
+TYPICAL_GENS, TYPICAL_SEEDS, TYPICAL_DIM, TYPICAL_N = 4, 5, 3, 10
+
+
+@pytest.fixture(scope="module")
+def typical_run(tmp_path_factory) -> Path:
+    """Fully synthetic Gaussian chains with log-det records, enough seeds for a median and quartiles."""
+    return write_gaussian_run(tmp_path_factory.mktemp("typical") / "run", generations=TYPICAL_GENS,
+                              seeds=TYPICAL_SEEDS, dim=TYPICAL_DIM, n=TYPICAL_N, kinds=("fully_synthetic",),
+                              partial=False, logdet=True)
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +118,7 @@ def test_theory_curve_for_trace_ratio(gauss_run, tmp_path):
     by_key = {(g.loop, g.bias): g for g in group_chains(run)}
     unbiased = theory_trace_ratio(run, by_key[("fully_synthetic", 0.7)])
     assert unbiased.x == list(range(1, GAUSS_GENS + 1))
+    assert unbiased.label == "theory E[trace_ratio] = λ^(t−1) (mean)"  # the mean, not the typical chain
     np.testing.assert_allclose(unbiased.y, [0.7 ** (t - 1) for t in unbiased.x])
     assert theory_trace_ratio(run, by_key[("fresh_data", 0.7)]) is None  # no closed form drawn there
 
@@ -129,6 +142,117 @@ def test_chains_recovered_without_chains_json(gauss_run, tmp_path):
     assert sorted(c.name for c in after.chains) == sorted(c.name for c in before.chains)
     assert after.rows.keys() == before.rows.keys()
     assert sorted(len(g.chains) for g in group_chains(after)) == [GAUSS_SEEDS] * 4
+
+
+# ----------------------------------------------------------------------------- the typical path
+def _records_by_group(run_dir: Path) -> dict[tuple[float, int], list[dict]]:
+    out: dict[tuple[float, int], list[dict]] = {}
+    for r in _metric_lines(run_dir / "metrics.jsonl"):
+        out.setdefault((r["bias"], r["gen"]), []).append(r)
+    return out
+
+
+def test_median_iqr_band_equals_numpy_on_the_records(typical_run):
+    run = load_run(typical_run)
+    groups = group_chains(run)
+    recs = _records_by_group(typical_run)
+    for metric in ("w2", "trace_ratio", "logdet_ratio"):
+        centres = [ln for ln in metric_lines(run, groups, metric, "median_iqr") if ln.role == "mean"]
+        assert len(centres) == 2  # lambda 1 and 0.7
+        for line, g in zip(centres, groups):
+            assert line.label == f"{g.label} (median, IQR, {TYPICAL_SEEDS} seeds)"
+            assert line.x == list(range(1, TYPICAL_GENS + 1))
+            for gen, c, lo, hi in zip(line.x, line.y, line.lo, line.hi):
+                vals = [r[metric] for r in recs[(g.bias, gen)]]
+                assert len(vals) == TYPICAL_SEEDS
+                assert c == np.median(vals) and lo == np.percentile(vals, 25) and hi == np.percentile(vals, 75)
+        means = [ln for ln in metric_lines(run, groups, metric) if ln.role == "mean"]  # the default: mean ± std
+        for line, g in zip(means, groups):
+            vals = [r[metric] for r in recs[(g.bias, 1)]]
+            assert line.y[0] == pytest.approx(np.mean(vals)) and "mean ± std" in line.label
+    with pytest.raises(ReportError, match="report.band"):
+        metric_lines(run, groups, "w2", "median")
+
+
+def test_bands_on_log_axes_stay_positive():
+    vals = np.array([0.01, 0.02, 5.0])  # mean - std < 0: a log axis cannot draw it
+    m, lo, hi = _summary(vals, "mean_std", log_y=True)
+    assert m == pytest.approx(vals.mean()) and hi == pytest.approx(vals.mean() + vals.std(ddof=1))
+    assert lo == 0.01  # clipped at the lowest seed
+    assert _summary(vals, "mean_std", log_y=False)[1] == pytest.approx(vals.mean() - vals.std(ddof=1))
+    assert _summary(vals, "median_iqr", log_y=True)[1] == np.percentile(vals, 25) > 0
+    assert _summary(np.array([0.0, 0.0, 3.0]), "mean_std", log_y=True)[1] is None  # no positive edge to clip to
+    assert _summary(np.array([2.0]), "median_iqr", log_y=True) == (2.0, None, None)
+
+
+def test_logdet_theory_line_equals_the_formula(typical_run):
+    from scipy.special import digamma
+
+    run = load_run(typical_run)
+    d, n = TYPICAL_DIM, TYPICAL_N
+    c = sum(digamma((n - 1 - i) / 2) for i in range(d)) + d * np.log(2) - d * np.log(n - 1)
+    for g in group_chains(run):
+        line = theory_logdet_ratio(run, g)
+        expected = [c + (t - 1) * (d * np.log(g.bias) + c) for t in range(1, TYPICAL_GENS + 1)]
+        assert line.x == list(range(1, TYPICAL_GENS + 1))
+        np.testing.assert_allclose(line.y, expected, rtol=1e-13)
+        np.testing.assert_allclose(theory_logdet_ratio(run, g, per_dim=True).y, np.array(expected) / d, rtol=1e-13)
+        assert "typical path" in line.label
+        # the panel carries it, and the trace panel its mean counterpart
+        assert [ln.y for ln in metric_lines(run, [g], "logdet_ratio") if ln.role == "theory"] == [line.y]
+    # MLE: n in place of n - 1 in the last term
+    mle_dir = typical_run.parent / "mle"
+    shutil.copytree(typical_run, mle_dir)
+    cfg = mle_dir / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("estimator: unbiased", "estimator: mle"))
+    run = load_run(mle_dir)
+    c_mle = c + d * np.log(n - 1) - d * np.log(n)
+    g = group_chains(run)[0]
+    np.testing.assert_allclose(theory_logdet_ratio(run, g).y,
+                               [c_mle + (t - 1) * (d * np.log(g.bias) + c_mle) for t in range(1, TYPICAL_GENS + 1)],
+                               rtol=1e-13)
+
+
+def test_band_from_config_and_command_line(typical_run, tmp_path):
+    from conftest import run_cli
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(typical_run, run_dir)
+    cfg = run_dir / "config.yaml"
+    assert "band: mean_std" in cfg.read_text()
+    cfg.write_text(cfg.read_text().replace("band: mean_std", "band: median_iqr"))
+    figs = _figures(write_report(run_dir).read_text())
+    names = [t.get("name", "") for t in figs["metrics"]["data"]]
+    assert any("median, IQR" in n for n in names) and not any("mean ± std" in n for n in names)
+    # the page: trace_ratio on a log axis, its band edges positive; the log-det theory drawn
+    layout = figs["metrics"]["layout"]
+    axis = {layout[k]["title"]["text"]: k for k in figs["metrics"]["yaxes"]}
+    assert layout[axis["trace_ratio"]]["type"] == "log" and "type" not in layout[axis["w2"]]
+    on_trace = [t for t in figs["metrics"]["data"] if t["yaxis"] == axis["trace_ratio"].replace("axis", "")]
+    assert all(v > 0 for t in on_trace for v in t["y"] if v is not None)
+    theory = [t for t in figs["metrics"]["data"] if t.get("legendgroup") == "theory"]
+    assert len(theory) == 2 * 3  # lambda 1 and 0.7 on trace_ratio, logdet_ratio, logdet_ratio_per_dim
+
+    proc = run_cli("report", str(run_dir), "--band", "mean_std")  # the flag wins over the config
+    assert proc.returncode == 0, proc.stderr
+    names = [t.get("name", "") for t in _figures((run_dir / "report.html").read_text())["metrics"]["data"]]
+    assert any("mean ± std" in n for n in names) and not any("median, IQR" in n for n in names)
+
+    (run_dir / "report.html").unlink()
+    proc = run_cli("report", str(run_dir), "--band=quartiles")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--band" in lines[0] and "median_iqr" in lines[0]
+    assert not (run_dir / "report.html").exists()
+
+
+def test_png_export_of_the_typical_path(typical_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(typical_run, run_dir)
+    write_report(run_dir, png=True, band="median_iqr")
+    for metric in ("trace_ratio", "logdet_ratio"):
+        img = np.asarray(Image.open(run_dir / "figures" / f"metric_{metric}.png").convert("L"), dtype=float)
+        assert img.shape[0] > 100 and img.std() > 10
 
 
 # ----------------------------------------------------------------------------- the page
@@ -367,9 +491,12 @@ def test_chromium_real_gaussian_run(tmp_path):
     found = _render_check(run_dir)
     assert found["figures"] == 1 + 1 + 4  # metrics, the loop.kind x lambda heatmap, a scatter per chain
     figs = _figures((run_dir / "report.html").read_text())
-    theory = [t for t in figs["metrics"]["data"] if t.get("legendgroup") == "theory"]
+    axis = {figs["metrics"]["layout"][k]["title"]["text"]: k.replace("axis", "") for k in figs["metrics"]["yaxes"]}
+    theory = [t for t in figs["metrics"]["data"] if t.get("legendgroup") == "theory" and t["yaxis"] == axis["trace_ratio"]]
     assert len(theory) == 2  # fully synthetic at lambda 1 and 0.8
     np.testing.assert_allclose(sorted(theory, key=lambda t: t["y"][-1])[0]["y"], [0.8 ** t for t in range(3)])
+    logdet = [t for t in figs["metrics"]["data"] if t.get("legendgroup") == "theory" and t["yaxis"] == axis["logdet_ratio"]]
+    assert len(logdet) == 2
 
 
 @pytest.mark.usefixtures("ray_local")

@@ -1,4 +1,4 @@
-"""Metrics of generated samples against real data: FID (clean-fid's Frechet distance),
+"""Metrics of generated samples against real data: FID (the Frechet distance, checked against clean-fid's),
 precision/recall (Kynkaenniemi et al. 2019), density/coverage (Naeem et al. 2020), and the
 feature networks they are computed in (raw, a small classifier, Inception-v3).
 

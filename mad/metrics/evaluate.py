@@ -160,7 +160,7 @@ def evaluate(reference: Reference, x: Any, y: Any, cfg: MetricsConfig) -> dict[s
         raise ValueError(f"generated features have width {feats.shape[1]}, the reference {reference.mu.shape[0]}")
     if reference.sigma_sqrt is not None:
         fid = fid_to_reference(reference.mu, reference.sigma, reference.sigma_sqrt, feats)
-    else:  # a Reference built by hand: clean-fid's own path
+    else:  # a Reference built by hand, without the precomputed square root
         fid = frechet_distance(reference.mu, reference.sigma, *feature_stats(feats))
     out = {"fid": fid}
     out.update(prdc(reference.feats, feats, k, real_sq_radii=radii))

@@ -39,14 +39,36 @@ def sample(state: dict[str, torch.Tensor], n: int, num_classes: int, sample_shap
     return mean + rng.standard_normal((n, len(mean))) @ factor.T, None
 
 
+def log_det(cov: np.ndarray) -> Optional[float]:
+    """log det of a covariance via slogdet, or None when it is singular (log det = -inf).
+
+    Singular means numerically rank-deficient (numpy's ``matrix_rank`` tolerance, smallest
+    eigenvalue <= d * eps * largest): with fewer samples than dimensions the fit is singular in
+    exact arithmetic, yet slogdet of the rounded matrix would return a large finite number."""
+    cov = np.atleast_2d(np.asarray(cov, dtype=np.float64))
+    w = np.linalg.eigvalsh((cov + cov.T) / 2)
+    if w[-1] <= 0 or w[0] <= w[-1] * len(w) * np.finfo(np.float64).eps:
+        return None
+    sign, value = np.linalg.slogdet(cov)
+    return float(value) if sign > 0 and np.isfinite(value) else None
+
+
 def closed_form_metrics(state: dict[str, torch.Tensor], bias: float, real_mean: np.ndarray,
-                        real_cov: np.ndarray, real_is_gaussian: bool = True) -> dict[str, float]:
-    """w2 between the model's sampling distribution and the real one; trace and mean drift of the fit."""
+                        real_cov: np.ndarray, real_is_gaussian: bool = True) -> dict[str, Optional[float]]:
+    """w2 between the model's sampling distribution and the real one; trace, log-det and mean drift of the fit.
+
+    ``logdet_ratio`` = log det Sigma_t - log det Sigma_real (``logdet_ratio_per_dim``: divided by d)
+    follows the typical chain, where ``trace_ratio`` follows the mean; it is None (JSON null) when
+    either covariance is singular, i.e. when the ratio is -inf (e.g. fewer samples than dimensions)."""
     mean, cov = state["mean"].numpy(), state["cov"].numpy()
-    out = {
+    out: dict[str, Optional[float]] = {
         "trace_ratio": float(np.trace(cov) / np.trace(real_cov)),
         "mean_shift": float(np.linalg.norm(mean - real_mean)),
     }
+    ld, ld_real = log_det(cov), log_det(real_cov)
+    ratio = None if ld is None or ld_real is None else ld - ld_real
+    out["logdet_ratio"] = ratio
+    out["logdet_ratio_per_dim"] = None if ratio is None else ratio / cov.shape[0]
     if real_is_gaussian:  # no closed form against a mixture (toy2d)
         out["w2"] = gaussian_w2(mean, bias * cov, real_mean, real_cov)
     return out
