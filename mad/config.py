@@ -128,6 +128,8 @@ class SampleConfig:
     bias: float = 1.0  # MAD's lambda in (0, 1]; 1 = unbiased
     scheduler: Scheduler = Scheduler.ddim
     steps: int = 50
+    # clip the predicted x0 to [-1, 1] at every step (diffusers' clip_sample); see BENCHMARKS.md, "Sampler"
+    clip: bool = True
     batch_size: int = 256
     class_balance: ClassBalance = ClassBalance.uniform
 

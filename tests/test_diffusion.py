@@ -130,6 +130,14 @@ def test_ddpm_sampler_is_seeded(cond_state):
     assert a.dtype == np.uint8 and a.shape == (8, *SHAPE)
 
 
+def test_clip_switches_x0_clipping_for_both_samplers(cond_state):
+    # a 20-step model predicts x0 well outside [-1, 1], so clipping it must change the images
+    for scheduler in (Scheduler.ddim, Scheduler.ddpm):
+        on, _ = sample(cond_state, 8, 10, SHAPE, tiny_model(), tiny_sample(scheduler=scheduler, clip=True), seed=2, device="cpu")
+        off, _ = sample(cond_state, 8, 10, SHAPE, tiny_model(), tiny_sample(scheduler=scheduler, clip=False), seed=2, device="cpu")
+        assert np.abs(on.astype(int) - off.astype(int)).mean() > 1.0, scheduler
+
+
 def test_init_state_fine_tunes_from_the_given_weights(digits, cond_state):
     tx, ty, k = digits
     tuned = train(tx, ty, k, tiny_model(), TrainConfig(steps=3, batch_size=16), seed=1, init_state=cond_state, device="cpu")

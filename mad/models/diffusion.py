@@ -298,24 +298,27 @@ def evaluate_loss(
 def _make_scheduler(model: ModelConfig, sample: SampleConfig, conditional: bool) -> tuple[DDIMScheduler | DDPMScheduler, bool]:
     """The sampling scheduler and whether it is the deterministic DDIM (eta = 0).
 
-    Both keep diffusers' default ``clip_sample=True`` (predicted x0 clipped to [-1, 1]),
-    deliberately. Clipping x0 is standard DDPM practice for pixel data; for guided samples
-    it keeps the extrapolation (1 + w) eps_cond - w eps_uncond inside the data range. For
-    the unconditional latent-scaling bias the worry is that clipping washes the latent's
-    scale out (at t ~ T the predicted x0 is the latent / sqrt(alpha_bar_T) and saturates
-    whatever lambda is). It does not: the scale travels through the eps term, and on digits
-    (UNet [16, 32], 600 steps, 20 DDIM steps, raw-pixel k=5 precision/recall) lambda =
-    1 / 0.8 / 0.5 / 0.3 gave precision 0.61 / 0.64 / 0.70 / 0.72 and recall 0.79 / 0.74 /
-    0.66 / 0.49 with clipping: MAD's direction (sharper, less diverse). Without clipping the
-    bias bites harder (recall 0.90 -> 0.25) but the unbiased short-trained model is far
-    worse (raw-pixel FD 5.2 instead of 0.48, precision 0.36), so clipping it is.
+    ``sample.clip`` is diffusers' ``clip_sample``: the predicted x0 clipped to [-1, 1] at every
+    step, as in Ho et al.'s DDPM sampler, which MAD used. On the default config's generation-1
+    model at lambda = 1 (``benchmarks/bench_sampler.py``, BENCHMARKS.md "Sampler", 3 sampling
+    seeds), the full-T ancestral DDPM with clipping gave precision 0.93, recall 0.90, coverage
+    0.86, FID 34; ancestral DDPM with 50-250 steps, clipped or not, stayed within 0.04 of that
+    in precision, recall and coverage (density 0.76-0.83 against 0.82, FID 33-37). The deterministic DDIM did not: with clipping 20 steps gave
+    precision 0.85, coverage 0.62, FID 73 (50 steps: coverage 0.46, FID 112), without it
+    precision 0.74 and recall 0.93, i.e. the sampler alone moved precision against recall. So
+    DDIM is kept only where MAD's bias needs a deterministic sampler: the unconditional model's
+    latent started from N(0, lambda I). There clipping does not wash the latent's scale out
+    (at t ~ T the predicted x0 saturates whatever lambda is, but the scale travels through the
+    eps term).
     """
-    clip = True
+    clip = bool(sample.clip)
     T = model.num_train_timesteps
     latent_bias = not conditional and sample.bias < 1.0
     # "trailing" spacing starts the reverse chain at t = T-1, where x_T ~ N(0, I) is the
     # right prior (Lin et al. 2024); "leading" would start below T-1 with few steps.
     if sample.scheduler == Scheduler.ddpm and not latent_bias:
+        # with steps < T diffusers' step() goes from each timestep to the next one of the spacing
+        # through the posterior q(x_t' | x_t, x0): ancestral sampling of the shorter chain
         sched = DDPMScheduler(num_train_timesteps=T, clip_sample=clip, timestep_spacing="trailing")
         sched.set_timesteps(min(sample.steps, T))
         return sched, False
