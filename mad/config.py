@@ -134,6 +134,8 @@ class SampleConfig:
     bias: float = 1.0  # MAD's lambda in (0, 1]; 1 = unbiased
     scheduler: Scheduler = Scheduler.ddim
     steps: int = 50
+    # clip the predicted x0 to [-1, 1] at every step (diffusers' clip_sample); see BENCHMARKS.md, "Sampler"
+    clip: bool = True
     batch_size: int = 256
     class_balance: ClassBalance = ClassBalance.uniform
 
@@ -621,7 +623,7 @@ def _validate_one(cfg: Config) -> None:
         raise ConfigError("model.channels", "must be a non-empty list of positive widths")
     if not (0.0 <= m.label_dropout < 1.0):
         raise ConfigError("model.label_dropout", f"must be in [0, 1), got {m.label_dropout}")
-    if s.scheduler == Scheduler.ddim and s.steps > m.num_train_timesteps:
+    if s.steps > m.num_train_timesteps:
         raise ConfigError("sample.steps", f"must be at most model.num_train_timesteps ({m.num_train_timesteps})")
     _positive("resources.sample_shards", cfg.resources.sample_shards)
     _positive("report.phase.last_k", cfg.report.phase.last_k)

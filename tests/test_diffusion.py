@@ -77,6 +77,23 @@ def test_training_is_a_function_of_the_seed(digits):
     assert any(not torch.equal(s1[n], s3[n]) for n in s1)
 
 
+def test_ema_follows_the_documented_warm_up_schedule(digits):
+    # ema_decay=0 returns the raw weights after k steps (the same seeded batches and noise as a longer
+    # run's first k steps); the EMA of the k-step raw weights with decay min(cap, k / (k + 9)),
+    # step 1 a copy, must be what train() returns with the cap
+    tx, ty, k = digits
+    steps, cap = 6, 0.999
+    raw = [train(tx, ty, k, tiny_model(), TrainConfig(steps=s, batch_size=16, ema_decay=0.0), seed=2, device="cpu")
+           for s in range(1, steps + 1)]
+    expected = {n: v.clone() for n, v in raw[0].items()}
+    for s in range(2, steps + 1):
+        d = min(cap, s / (s + 9))
+        expected = {n: d * expected[n] + (1 - d) * raw[s - 1][n] for n in expected}
+    got = train(tx, ty, k, tiny_model(), TrainConfig(steps=steps, batch_size=16, ema_decay=cap), seed=2, device="cpu")
+    assert max((got[n] - expected[n]).abs().max().item() for n in got) < 1e-6
+    assert max((got[n] - raw[-1][n]).abs().max().item() for n in got) > 1e-4  # it averaged, not copied
+
+
 def test_conditional_samples_are_uint8_with_labels_in_range(cond_state):
     x, y = sample(cond_state, 20, 10, SHAPE, tiny_model(), tiny_sample(), seed=0, device="cpu")
     assert x.shape == (20, *SHAPE) and x.dtype == np.uint8
@@ -111,6 +128,14 @@ def test_ddpm_sampler_is_seeded(cond_state):
     b, _ = sample(cond_state, 8, 10, SHAPE, tiny_model(), cfg, seed=2, device="cpu")
     np.testing.assert_array_equal(a, b)
     assert a.dtype == np.uint8 and a.shape == (8, *SHAPE)
+
+
+def test_clip_switches_x0_clipping_for_both_samplers(cond_state):
+    # a 20-step model predicts x0 well outside [-1, 1], so clipping it must change the images
+    for scheduler in (Scheduler.ddim, Scheduler.ddpm):
+        on, _ = sample(cond_state, 8, 10, SHAPE, tiny_model(), tiny_sample(scheduler=scheduler, clip=True), seed=2, device="cpu")
+        off, _ = sample(cond_state, 8, 10, SHAPE, tiny_model(), tiny_sample(scheduler=scheduler, clip=False), seed=2, device="cpu")
+        assert np.abs(on.astype(int) - off.astype(int)).mean() > 1.0, scheduler
 
 
 def test_init_state_fine_tunes_from_the_given_weights(digits, cond_state):

@@ -2,8 +2,8 @@
 
 A ``diffusers.UNet2DModel`` predicts the noise; training follows diffusers'
 ``examples/unconditional_image_generation/train_unconditional.py`` (noise, random
-timesteps, ``add_noise``, MSE on the noise) with an EMA of the weights, and the EMA
-weights are what sampling uses.
+timesteps, ``add_noise``, MSE on the noise) with diffusers' ``EMAModel`` of the weights,
+and the EMA weights are what sampling uses.
 
 MAD's sampling bias lambda (``sample.bias``, 1 = unbiased):
 
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers.training_utils import EMAModel
 
 from mad import seeding
 from mad.divergence import DivergedError
@@ -135,6 +136,22 @@ def _rank_slice(batch_size: int, rank: int, world_size: int) -> slice:
     return slice(start, start + base + (1 if rank < extra else 0))
 
 
+def _make_ema(params: list[torch.nn.Parameter], max_decay: float) -> EMAModel:
+    """diffusers' EMA of ``params`` with its default warm-up, capped at ``max_decay`` (``train.ema_decay``).
+
+    After optimizer step k the decay is ``min(max_decay, k / (k + 9))`` (step 1 copies the
+    weights). Until the cap is reached (k = 9 / (1 - max_decay) - 9: ~9,000 steps for 0.999)
+    this is a power-function average whose weight on step i grows like i**8: the averaged
+    weights are on average k/10 steps old (after 1,000 steps: 100, with 61% of the weight on
+    the last 100 steps), so a short run returns trained weights rather than ones still close
+    to the random init, and a long one settles on a horizon of 1 / (1 - max_decay) steps.
+    diffusers' train_unconditional.py warms up with ``use_ema_warmup=True, power=3/4``
+    instead: a similar horizon at 1,000 steps (~180 steps instead of ~110).
+    """
+    # foreach: two fused list ops per step instead of three small kernels per tensor
+    return EMAModel(params, decay=max_decay, use_ema_warmup=False, foreach=True)
+
+
 def train(
     x: np.ndarray,
     y: np.ndarray | None,
@@ -201,7 +218,7 @@ def train(
     noise_scheduler = DDPMScheduler(num_train_timesteps=model.num_train_timesteps)
     optimizer = torch.optim.AdamW(net.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     params = list(net.parameters())
-    ema = [p.detach().clone() for p in params]
+    ema = _make_ema(params, train.ema_decay)
 
     # Images stay uint8 on the device (4x smaller than float); each batch is scaled on the fly.
     data = torch.from_numpy(np.ascontiguousarray(x)).to(dev)
@@ -247,13 +264,10 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        # EMA with warm-up: short runs would otherwise return weights still close to the random init
-        decay = min(train.ema_decay, (1.0 + step) / (10.0 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema, params, 1.0 - decay)
+        ema.step(params)
 
     names = [name for name, _ in net.named_parameters()]
-    state = {name: e.detach().to("cpu").contiguous() for name, e in zip(names, ema)}
+    state = {name: e.detach().to("cpu").contiguous() for name, e in zip(names, ema.shadow_params)}
     # UNet2DModel has no buffers today; copy any that appear so the state dict stays complete
     for name, buf in net.named_buffers():
         state[name] = buf.detach().to("cpu").contiguous()
@@ -298,24 +312,27 @@ def evaluate_loss(
 def _make_scheduler(model: ModelConfig, sample: SampleConfig, conditional: bool) -> tuple[DDIMScheduler | DDPMScheduler, bool]:
     """The sampling scheduler and whether it is the deterministic DDIM (eta = 0).
 
-    Both keep diffusers' default ``clip_sample=True`` (predicted x0 clipped to [-1, 1]),
-    deliberately. Clipping x0 is standard DDPM practice for pixel data; for guided samples
-    it keeps the extrapolation (1 + w) eps_cond - w eps_uncond inside the data range. For
-    the unconditional latent-scaling bias the worry is that clipping washes the latent's
-    scale out (at t ~ T the predicted x0 is the latent / sqrt(alpha_bar_T) and saturates
-    whatever lambda is). It does not: the scale travels through the eps term, and on digits
-    (UNet [16, 32], 600 steps, 20 DDIM steps, raw-pixel k=5 precision/recall) lambda =
-    1 / 0.8 / 0.5 / 0.3 gave precision 0.61 / 0.64 / 0.70 / 0.72 and recall 0.79 / 0.74 /
-    0.66 / 0.49 with clipping: MAD's direction (sharper, less diverse). Without clipping the
-    bias bites harder (recall 0.90 -> 0.25) but the unbiased short-trained model is far
-    worse (raw-pixel FD 5.2 instead of 0.48, precision 0.36), so clipping it is.
+    ``sample.clip`` is diffusers' ``clip_sample``: the predicted x0 clipped to [-1, 1] at every
+    step, as in Ho et al.'s DDPM sampler, which MAD used. On the default config's generation-1
+    model at lambda = 1 (``benchmarks/bench_sampler.py``, BENCHMARKS.md "Sampler", 3 sampling
+    seeds), the full-T ancestral DDPM with clipping gave precision 0.93, recall 0.90, coverage
+    0.86, FID 34; ancestral DDPM with 50-250 steps, clipped or not, stayed within 0.04 of that
+    in precision, recall and coverage (density 0.76-0.83 against 0.82, FID 33-37). The deterministic DDIM did not: with clipping 20 steps gave
+    precision 0.85, coverage 0.62, FID 73 (50 steps: coverage 0.46, FID 112), without it
+    precision 0.74 and recall 0.93, i.e. the sampler alone moved precision against recall. So
+    DDIM is kept only where MAD's bias needs a deterministic sampler: the unconditional model's
+    latent started from N(0, lambda I). There clipping does not wash the latent's scale out
+    (at t ~ T the predicted x0 saturates whatever lambda is, but the scale travels through the
+    eps term).
     """
-    clip = True
+    clip = bool(sample.clip)
     T = model.num_train_timesteps
     latent_bias = not conditional and sample.bias < 1.0
     # "trailing" spacing starts the reverse chain at t = T-1, where x_T ~ N(0, I) is the
     # right prior (Lin et al. 2024); "leading" would start below T-1 with few steps.
     if sample.scheduler == Scheduler.ddpm and not latent_bias:
+        # with steps < T diffusers' step() goes from each timestep to the next one of the spacing
+        # through the posterior q(x_t' | x_t, x0): ancestral sampling of the shorter chain
         sched = DDPMScheduler(num_train_timesteps=T, clip_sample=clip, timestep_spacing="trailing")
         sched.set_timesteps(min(sample.steps, T))
         return sched, False
