@@ -80,6 +80,15 @@ def _needed_synth_gens(cfg: Config, next_gen: int) -> list[int]:
     return list(range(max(1, last - k + 1), last + 1))
 
 
+def _check_data_fits(cfg: Config, pool) -> None:
+    """What only the loaded data can tell, checked before anything is written."""
+    from mad.data import DataError
+
+    if cfg.metrics.features.value == "classifier" and pool.x is not None and pool.y is None:
+        raise DataError(f"metrics.features=classifier needs class labels, and data.name={cfg.data.name.value} "
+                        "has none here (labelled sub-folders with data.labels=true, or metrics.features=raw)")
+
+
 class Driver:
     def __init__(self, cfg: Config, quiet: bool = False):
         self.cfg = cfg
@@ -128,6 +137,7 @@ class Driver:
                 # The split into pool and reference set uses the run's base seed, so every chain of
                 # a sweep over seeds is scored against the same held-out reference set.
                 loaded[key] = load_real(c.cfg.data, self.cfg.seed)
+                _check_data_fits(c.cfg, loaded[key][0])
         resuming = self.prepare_run_dir()
         runs = [ChainRun(c, _data_key(c.cfg), len(self.run_dir.done_generations(c.name)) + 1) for c in self.chains]
         todo = [r for r in runs if not r.finished]
