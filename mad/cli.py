@@ -60,7 +60,9 @@ def _interrupted() -> int:
 
 
 def _os_error_line(err: OSError) -> str:
-    where = err.filename if err.filename is not None else "(unknown path)"
+    # a failed rename names its destination second: the file the user knows
+    where = err.filename2 or err.filename
+    where = where if where is not None else "(unknown path)"
     what = err.strerror or errno.errorcode.get(err.errno or 0, str(err))
     return f"{where}: {what}"
 

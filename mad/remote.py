@@ -31,10 +31,11 @@ class TaskFailure(RuntimeError):
     """A task raised (or its worker died for good): ``summary`` is one line, ``details`` the full
     traceback as Ray reported it."""
 
-    def __init__(self, summary: str, details: str):
+    def __init__(self, summary: str, details: str, cause: Optional[BaseException] = None):
         super().__init__(summary)
         self.summary = summary
         self.details = details
+        self.cause = cause  # the exception the task raised (None: a worker or object was lost)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -47,7 +48,7 @@ def get(refs: Any, timeout: Optional[float] = None) -> Any:
     except ray.exceptions.RayTaskError as err:
         cause = err.cause
         first = (str(cause).strip().splitlines() or [""])[0]
-        raise TaskFailure(f"{type(cause).__name__}: {first}".rstrip(": "), _ANSI.sub("", str(err))) from None
+        raise TaskFailure(f"{type(cause).__name__}: {first}".rstrip(": "), _ANSI.sub("", str(err)), cause) from None
     except ray.exceptions.RayError as err:  # a worker that died past its retries, a lost object
         first = (str(err).strip().splitlines() or [""])[0]
         raise TaskFailure(f"{type(err).__name__}: {first}", _ANSI.sub("", str(err))) from None
@@ -78,6 +79,7 @@ def init(cfg: RayConfig, quiet: bool = False, dashboard: bool = False) -> None:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=not quiet,
                  logging_level="ERROR" if quiet else "INFO")
         progress.set_console_printer(_safe_print)
+        _terminate_like_ctrl_c()
         return
     # A local Ray keeps its files out of the user's home folder: session files under a temp
     # dir, and the auth token in this process's environment (inherited by Ray's processes)
@@ -101,6 +103,21 @@ def init(cfg: RayConfig, quiet: bool = False, dashboard: bool = False) -> None:
              runtime_env=runtime_env, log_to_driver=not quiet,
              logging_level="ERROR" if quiet else "WARNING", configure_logging=True)
     progress.set_console_printer(_safe_print)
+    _terminate_like_ctrl_c()
+
+
+def _terminate_like_ctrl_c() -> None:
+    """SIGTERM (a batch system, ``kill``) ends the driver as Ctrl-C does, with the same one line,
+    instead of the stack dump of the handler ``ray.init`` installs."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (an embedding program): keep Ray's handler
+        pass
 
 
 def _safe_print(msg: str) -> None:
