@@ -12,9 +12,11 @@ processes and removes that folder when the driver exits, however it exits.
 from __future__ import annotations
 
 import atexit
+import errno
 import logging
 import os
 import re
+import stat
 import secrets
 import shutil
 import tempfile
@@ -58,6 +60,9 @@ def private_temp_root(base: Optional[str]) -> str:
     """A fresh folder for one local Ray, inside ``<base or tmp>/mad-ray-<uid>`` (mode 0700)."""
     parent = os.path.join(base or tempfile.gettempdir(), f"mad-ray-{os.getuid()}")
     os.makedirs(parent, mode=0o700, exist_ok=True)
+    st = os.lstat(parent)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():  # planted by someone else (or a symlink)
+        raise PermissionError(errno.EPERM, "not a directory of yours; set ray.temp_dir", parent)
     os.chmod(parent, 0o700)  # also when an older version left it world-readable
     # short: Ray's socket paths below it must stay under the 107-byte limit of a Unix socket path
     return tempfile.mkdtemp(prefix="", dir=parent)
