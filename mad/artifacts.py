@@ -101,9 +101,11 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; run files (and the report) are for others to read
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename is None:  # a failed write(): say which file (ENOSPC)
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
 
 
@@ -253,8 +255,14 @@ class RunDir:
 
     def append_metrics(self, record: dict) -> None:
         # One short line appended with a single write: readers see whole lines.
-        with open(self.root / METRICS, "a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+        path = self.root / METRICS
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(record, sort_keys=True) + "\n")
+        except OSError as err:
+            if err.filename is None:  # a failed write(): say which file (ENOSPC)
+                raise OSError(err.errno, err.strerror, str(path)) from err
+            raise
 
     # --------------------------------------------------------------- chain level
     def write_failed(self, chain: str, info: dict) -> Path:

@@ -2,12 +2,24 @@
 and ``python run.py verify RUN_DIR``.
 
 Parses, loads and validates the config, prints it, hands over to the driver. No science here.
-Bad input exits with status 2 and one line on stderr, before anything is written.
+
+Exit status and stderr:
+
+* 2: bad input (config, ``out``, the data): one line on stderr, before anything is written;
+* 1: a failure during the run (a task's exception, a full disk, a permission error): one line
+  naming what failed (a task's full traceback is written under ``RUN_DIR/errors/``);
+* 130: interrupted (Ctrl-C): one line; rerunning the same command resumes.
 """
 from __future__ import annotations
 
+import errno
+import os
 import sys
+import tempfile
+from pathlib import Path
 from typing import List, Optional
+
+INTERRUPTED = "interrupted; rerun the same command to resume"
 
 USAGE = """usage: python run.py [CONFIG.yaml] [dotted.key=value ...] [--dry-run] [--quiet] [--no-repair]
        python run.py report RUN_DIR [--png] [--band mean_std|median_iqr]
@@ -33,11 +45,56 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv and argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0
-    if argv and argv[0] == "report":
-        return _report(argv[1:])
-    if argv and argv[0] == "verify":
-        return _verify(argv[1:])
-    return _run(argv)
+    try:
+        if argv and argv[0] == "report":
+            return _report(argv[1:])
+        if argv and argv[0] == "verify":
+            return _verify(argv[1:])
+        return _run(argv)
+    except KeyboardInterrupt:
+        return _interrupted()
+
+
+def _interrupted() -> int:
+    """Ctrl-C: one line, exit 130. Every write of the run directory is atomic, so stopping here is
+    as safe as a kill; ``os._exit`` skips Ray's shutdown hooks, whose messages about the
+    interrupted tasks would bury the line (the private Ray dies with this process, see mad.reaper)."""
+    print(f"error: {INTERRUPTED}", file=sys.stderr, flush=True)
+    try:
+        sys.stdout.flush()
+    except Exception:
+        pass
+    os._exit(130)
+
+
+def _os_error_line(err: OSError) -> str:
+    # a failed rename names its destination second: the file the user knows
+    where = err.filename2 or err.filename
+    where = where if where is not None else "(unknown path)"
+    what = err.strerror or errno.errorcode.get(err.errno or 0, str(err))
+    return f"{where}: {what}"
+
+
+def check_out(out: str) -> Optional[str]:
+    """Why ``out`` cannot hold a run directory (one line), or None. Checked before anything is
+    written: an existing file, a folder that cannot be created or written to. A probe directory is
+    created and removed at once in the nearest existing parent, because ``os.access`` says yes to
+    root on a read-only bind and on /proc."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        return f"out: {path} exists and is not a directory"
+    probe_in = path
+    while not probe_in.exists():
+        if probe_in.parent == probe_in:
+            break
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        return f"out: cannot create {path}: {probe_in} is not a directory"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".mad-probe-", dir=probe_in))
+    except OSError as err:
+        return f"out: cannot write {path}: {probe_in}: {err.strerror or err}"
+    return None
 
 
 def _run(argv: List[str]) -> int:
@@ -70,17 +127,26 @@ def _run(argv: List[str]) -> int:
         for c in chains:
             print(f"#   {c.name}")
         return 0
+    problem = check_out(cfg.out)
+    if problem:
+        return _fail(problem)
     if not quiet:
         print(to_yaml(cfg), end="")
     from mad.artifacts import ResumeError
-    from mad.data import DataUnavailableError
-    from mad.driver import Driver
+    from mad.data import DataError, DataUnavailableError
+    from mad.driver import Driver, StageFailed
 
     driver = Driver(cfg, quiet=quiet, repair="--no-repair" not in flags)
     try:
         driver.run()
-    except (ResumeError, DataUnavailableError, ConfigError) as err:  # ConfigError: a folder pool too small
+    except (ResumeError, DataUnavailableError, DataError, ConfigError) as err:  # ConfigError: a folder pool too small
         return _fail(str(err))
+    except StageFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # ENOSPC, EACCES, EROFS while writing: name the path
+        print(f"error: {_os_error_line(err)}", file=sys.stderr)
+        return 1
     return 1 if driver.failed else 0
 
 
@@ -120,7 +186,12 @@ def _report(argv: List[str]) -> int:
         band = run_band(run, band)
     except ReportError as err:
         return _fail(str(err))
-    path = write_run_report(run, png=png, band=band)
+    except OSError as err:
+        return _fail(_os_error_line(err))
+    try:
+        path = write_run_report(run, png=png, band=band)
+    except OSError as err:  # a read-only run directory, a full disk
+        return _fail(f"cannot write the report: {_os_error_line(err)}")
     print(text_table(run))
     from mad.phase import write_phase
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
@@ -185,7 +187,7 @@ class ResourcesConfig:
 class RayConfig:
     address: Optional[str] = None  # None: $RAY_ADDRESS, else a local Ray started on the fly
     num_cpus: Optional[int] = None  # local Ray only
-    temp_dir: Optional[str] = None  # local Ray only; default: <tmp>/mad-ray
+    temp_dir: Optional[str] = None  # local Ray only: its files go to <temp_dir or tmp>/mad-ray-<uid>/<random>, removed at exit
 
 
 @dataclass
@@ -275,22 +277,16 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[Li
     path = Path(path) if path is not None else DEFAULT_CONFIG
     if not path.is_file():
         raise ConfigError("config", f"no such file: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(str(path), f"malformed YAML{where}: {getattr(err, 'problem', err)}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(str(path), "malformed YAML: the top level must be a mapping of keys")
+    raw = _read_yaml_mapping(path)
+    unresolved: Dict[str, str] = {}
+    _check_shape(raw, Config, "", unresolved)
     try:
         merged = OmegaConf.merge(base, OmegaConf.create(raw))
         for item in overrides or []:
             if "=" not in item:
                 raise ConfigError(item, "an override must look like dotted.key=value")
             key, value = item.split("=", 1)
+            _check_override(key, value, unresolved)
             if key == "sweep":  # replace the whole grid, e.g. sweep={} runs a single chain
                 parsed = yaml.safe_load(value)
                 if not isinstance(parsed, dict):
@@ -312,7 +308,126 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[Li
     except Exception as err:  # omegaconf raises several types; all become one line
         raise _convert_error(err) from None
     validate(cfg)
+    _set_unresolved(cfg, unresolved)
     return cfg
+
+
+def _read_yaml_mapping(path: Path) -> dict:
+    """The config file as a dict; a binary, empty or non-mapping file is a ConfigError naming the file."""
+    import yaml
+
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), "not a text YAML file (it is not UTF-8; a binary file?)") from None
+    if "\x00" in text:
+        raise ConfigError(str(path), "not a text YAML file (it holds NUL bytes; a binary file?)")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(str(path), f"malformed YAML{where}: {getattr(err, 'problem', err)}") from None
+    # An empty file is refused rather than run: it would silently run the schema defaults, which
+    # are not configs/default.yaml. Running without a CONFIG argument runs configs/default.yaml.
+    if raw is None:
+        raise ConfigError(str(path), "holds no keys (an empty config); give keys, or omit the file to run "
+                                     "configs/default.yaml")
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), "malformed YAML: the top level must be a mapping of keys")
+    return raw
+
+
+# ----------------------------------------------------------------------------- interpolations
+# OmegaConf interpolations are allowed in exactly one form, ``${oc.env:VAR}`` or
+# ``${oc.env:VAR,default}``, and only in path keys, so that a config can follow a machine's data
+# or scratch folder. Everything written (config.yaml, report.html, the dry-run print) keeps the
+# unresolved form: the environment's values never travel with a run directory or a shared report.
+# Other interpolations (key references, other resolvers) are refused: they buy little and make
+# "what did this run use" depend on more than the file.
+INTERPOLATION_KEYS = ("out", "data.root", "metrics.cache_dir", "ray.temp_dir")
+_ENV_INTERPOLATION = re.compile(r"\$\{oc\.env:[A-Za-z_][A-Za-z0-9_]*(,[^${}]*)?\}")
+_UNRESOLVED_ATTR = "_unresolved"  # on a Config: dotted key -> the value as written, before resolution
+
+
+def _check_interpolation(key: str, value: Any, unresolved: Dict[str, str]) -> None:
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            _check_interpolation(key, v, unresolved)
+        return
+    if not isinstance(value, str) or "${" not in value:
+        if key in INTERPOLATION_KEYS:
+            unresolved.pop(key, None)  # a later plain value replaces an earlier interpolation
+        return
+    if key not in INTERPOLATION_KEYS or "${" in _ENV_INTERPOLATION.sub("", value):
+        raise ConfigError(key, "interpolation not allowed here: only ${oc.env:VAR} or ${oc.env:VAR,default}, "
+                               f"and only in {', '.join(INTERPOLATION_KEYS)}")
+    unresolved[key] = value
+
+
+def _set_unresolved(cfg: Config, unresolved: Dict[str, str]) -> None:
+    object.__setattr__(cfg, _UNRESOLVED_ATTR, dict(unresolved))
+
+
+def _apply_unresolved(d: Dict[str, Any], cfg: Any) -> Dict[str, Any]:
+    for key, value in getattr(cfg, _UNRESOLVED_ATTR, {}).items():
+        node = d
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return d
+
+
+# ----------------------------------------------------------------------------- shape of the input
+def _check_shape(raw: dict, schema: Any, prefix: str, unresolved: Dict[str, str]) -> None:
+    """Sections must be mappings and leaves must not be: named here, before OmegaConf's merge
+    would say "Cannot merge incompatible container types" without the key."""
+    names = {f.name: f for f in fields(schema)}
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if not isinstance(key, str) or key not in names:
+            raise ConfigError(str(dotted), "unknown key")
+        section = _dataclass_type(schema, key)
+        if section is not None:
+            if not isinstance(value, dict):
+                raise ConfigError(dotted, f"is a section of keys (e.g. {dotted}.{fields(section)[0].name}: ...), "
+                                          f"got {value!r}")
+            _check_shape(value, section, dotted + ".", unresolved)
+        elif dotted == "sweep":
+            if not isinstance(value, dict):
+                raise ConfigError("sweep", "must map dotted keys to lists of values")
+            for k, v in value.items():
+                _check_interpolation(f"sweep.{k}", v, unresolved)
+        else:
+            if isinstance(value, dict):
+                raise ConfigError(dotted, f"takes a value, not a mapping of keys ({value!r})")
+            _check_interpolation(dotted, value, unresolved)
+
+
+def _dataclass_type(schema: Any, name: str) -> Optional[type]:
+    default = next(f for f in fields(schema) if f.name == name).default_factory  # type: ignore[misc]
+    if callable(default):
+        probe = default()
+        if is_dataclass(probe):
+            return type(probe)
+    return None
+
+
+def _check_override(key: str, value: str, unresolved: Dict[str, str]) -> None:
+    parts = key.split(".")
+    if parts[0] == "sweep":
+        _check_interpolation(key, value, unresolved)
+        return
+    schema: Any = Config
+    for part in parts:
+        if not is_dataclass(schema) or part not in {f.name for f in fields(schema)}:
+            return  # unknown keys are named by _check_key_exists
+        schema = _dataclass_type(schema, part)
+    if schema is not None:
+        raise ConfigError(key, f"is a section of keys; set one of them, e.g. {key}.{fields(schema)[0].name}=...")
+    _check_interpolation(key, value, unresolved)
 
 
 def _check_key_exists(node: Any, dotted: str) -> None:
@@ -346,12 +461,12 @@ def config_to_dict(cfg: Config) -> Dict[str, Any]:
 def to_yaml(cfg: Config) -> str:
     import yaml
 
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    return yaml.safe_dump(_apply_unresolved(config_to_dict(cfg), cfg), sort_keys=False)
 
 
 def science_dict(cfg: Config) -> Dict[str, Any]:
     """The part of the config that decides results (what resume compares)."""
-    d = config_to_dict(cfg)
+    d = _apply_unresolved(config_to_dict(cfg), cfg)
     for key in _RESUME_IGNORED:
         d.pop(key, None)
     return d
@@ -579,8 +694,55 @@ def _positive(key: str, value: Any) -> None:
         raise ConfigError(key, f"must be positive, got {value}")
 
 
+def _check_finite(obj: Any, prefix: str = "") -> None:
+    """NaN and infinity pass every ``<=`` / ``<`` range check, so they are refused first, for every
+    float key of the schema (walked generically: a new float key is covered without listing it)."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if is_dataclass(value):
+            _check_finite(value, key + ".")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(key, f"must be a finite number, got {value}")
+
+
+def _check_sizes(cfg: Config) -> None:
+    """Sizes the metrics and the model family need, known from the config alone, so that a run
+    that would fail after Ray starts is refused before anything is written."""
+    m, d, loop = cfg.metrics, cfg.data, cfg.loop
+    if m.n_eval < 2:
+        raise ConfigError("metrics.n_eval", f"must be at least 2 (FID needs a covariance), got {m.n_eval}")
+    if m.k >= m.n_eval:
+        raise ConfigError("metrics.k", f"must be smaller than metrics.n_eval ({m.n_eval}): the k-NN of a "
+                                       f"generated sample needs k others, got {m.k}")
+    if m.k >= d.n_reference:
+        raise ConfigError("metrics.k", f"must be smaller than data.n_reference ({d.n_reference}): the k-NN "
+                                       f"radii of the reference set need k others, got {m.k}")
+    from mad.models import min_train_samples  # the family says what one fit needs
+
+    need = min_train_samples(cfg.model.family)
+    if loop.n_init < need:
+        raise ConfigError("loop.n_init", f"model.family={cfg.model.family.value} needs at least {need} "
+                                         f"training samples, got {loop.n_init}")
+    if loop.generations > 1:
+        n_real, n_synth = resolved_counts(loop)
+        if n_real + n_synth < need:
+            key = "loop.n_total" if loop.real_fraction is not None else "loop.n_synth"
+            raise ConfigError(key, f"later generations train on {n_real + n_synth} samples; "
+                                   f"model.family={cfg.model.family.value} needs at least {need}")
+
+
 def _validate_one(cfg: Config) -> None:
     loop, s, d, m = cfg.loop, cfg.sample, cfg.data, cfg.model
+    _check_finite(cfg)
+    if cfg.seed < 0:
+        raise ConfigError("seed", f"must be at least 0 (numpy seeds are non-negative), got {cfg.seed}")
+    for key in ("train_cpus", "train_gpus", "sample_cpus", "sample_gpus", "eval_cpus", "eval_gpus"):
+        if getattr(cfg.resources, key) < 0:
+            raise ConfigError(f"resources.{key}", f"must be at least 0, got {getattr(cfg.resources, key)}")
+    if cfg.train.weight_decay < 0:
+        raise ConfigError("train.weight_decay", f"must be at least 0, got {cfg.train.weight_decay}")
+    _positive("ray.num_cpus", cfg.ray.num_cpus)
     if not (0.0 < s.bias <= 1.0):
         raise ConfigError("sample.bias", f"must be in (0, 1], got {s.bias}")
     for key in ("generations", "n_init", "n_real", "last_k", "n_total"):
@@ -651,6 +813,7 @@ def _validate_one(cfg: Config) -> None:
         else:
             check_real_pool(cfg, pool, f"{d.name.value} training pool")
 
+    _check_sizes(cfg)
 
 def real_samples_needed(loop: LoopConfig) -> tuple[int, str]:
     """How many distinct real samples a chain trains on over its generations, and the keys that decide it.

@@ -64,6 +64,11 @@ def _train_loop_per_worker(config: dict) -> Optional[DataParallelResult]:
 
     from mad.models import diffusion
 
+    from ray.experimental.tqdm_ray import tqdm as ray_tqdm
+
+    from mad import progress as bars
+
+    bars.set_bar_factory(ray_tqdm)  # this worker's bars drawn on the driver's console
     # Ray starts workers with one thread; the worker owns the CPUs it asked for.
     torch.set_num_threads(max(1, int(round(config["cpus_per_worker"]))))
     device = "cpu"
@@ -114,7 +119,8 @@ def train_data_parallel(x: np.ndarray, y: Optional[np.ndarray], num_classes: int
     }
     # Ray Train keeps its run bookkeeping under storage_path; nothing this run needs is written
     # there (no checkpoints), so a private local scratch folder serves on any cluster.
-    scratch = tempfile.mkdtemp(prefix="mad-ray-train-")
+    # Inside this run's private Ray folder when Ray was started by mad (removed with it, even after a kill).
+    scratch = tempfile.mkdtemp(prefix="mad-ray-train-", dir=os.environ.get("RAY_TMPDIR"))
     try:
         trainer = TorchTrainer(
             _train_loop_per_worker,

@@ -33,6 +33,18 @@ from mad.progress import console_print
 
 TIMING_FIELDS = ("wall_s", "time")
 REPORT_EVERY_S = 10.0
+ERRORS_DIR = "errors"  # RUN_DIR/errors/<chain>-gen<g>-<stage>.txt: a failed task's full traceback
+
+
+class StageFailed(RuntimeError):
+    """A task of one chain's generation raised: ``str()`` is one line naming the chain, the
+    generation, the stage (train, sample, reference, evaluate) and the file with the traceback."""
+
+    def __init__(self, chain: str, gen: int, stage: str, summary: str, traceback_path: os.PathLike):
+        self.chain, self.gen, self.stage, self.summary = chain, gen, stage, summary
+        self.traceback_path = traceback_path
+        super().__init__(f"chain {chain}, generation {gen}, {stage} failed: {summary} "
+                         f"(full traceback: {traceback_path})")
 
 
 @dataclass
@@ -112,6 +124,15 @@ def _needed_synth_gens(cfg: Config, next_gen: int) -> list[int]:
     return list(range(max(1, last - k + 1), last + 1))
 
 
+def _check_data_fits(cfg: Config, pool) -> None:
+    """What only the loaded data can tell, checked before anything is written."""
+    from mad.data import DataError
+
+    if cfg.metrics.features.value == "classifier" and pool.x is not None and pool.y is None:
+        raise DataError(f"metrics.features=classifier needs class labels, and data.name={cfg.data.name.value} "
+                        "has none here (labelled sub-folders with data.labels=true, or metrics.features=raw)")
+
+
 class Driver:
     def __init__(self, cfg: Config, quiet: bool = False, repair: bool = True):
         self.cfg = cfg
@@ -131,6 +152,7 @@ class Driver:
         # Step-level bars only for models slow enough to need them (a Gaussian generation takes ms).
         # Bars redraw in place on a terminal; in a log file they would only pile up lines.
         self._bars = not self.quiet and cfg.model.family != Family.gaussian and sys.stdout.isatty()
+        self._to_cache: dict[Any, str] = {}  # reference ref -> cache_dir of a classifier still to cache
 
     # ------------------------------------------------------------------ setup
     def _verify(self) -> None:
@@ -213,6 +235,8 @@ class Driver:
             if key in loaded and c.cfg.data.name == DataName.folder:
                 # only now is a folder's pool size known; still nothing is written
                 check_real_pool(c.cfg, loaded[key][0].size, f"folder {c.cfg.data.root} training pool")
+            if key in loaded:
+                _check_data_fits(c.cfg, loaded[key][0])
         resuming = self.prepare_run_dir()
         if self.run_dir.replaced is not None:
             self.failed = {}  # the replaced run's failures went with it
@@ -250,7 +274,7 @@ class Driver:
             if mkey not in self.references:
                 pool, pool_ref = self.pools[r.data_key]
                 ref_x, ref_y = ref_sets[r.data_key]
-                self.references[mkey] = stages.prepare_reference.remote(ref_x, ref_y, pool_ref, c.metrics)
+                self.references[mkey] = self._submit_reference(stages, ref_x, ref_y, pool, pool_ref, c.metrics)
             r.reference = self.references[mkey]
             self._restore(r, remote)
 
@@ -264,13 +288,13 @@ class Driver:
             subs = pending.pop(ready[0])
             try:
                 metrics = remote.get(ready[0])
-            except Exception as err:
-                cause = remote.task_error_cause(err)
-                if not isinstance(cause, DivergedError):
-                    raise
-                for sub in subs:  # chains sharing a diverged stage all fail with it
-                    self._fail_chain(sub, cause)
-                continue
+            except remote.TaskFailure as err:
+                if isinstance(err.cause, DivergedError):
+                    for sub in subs:  # chains sharing a diverged stage all fail with it
+                        self._fail_chain(sub, err.cause)
+                    continue
+                raise self._stage_failed(subs[0], ready[0], err, remote) from None
+            self._cache_classifiers(remote)
             for sub in subs:
                 self._persist(sub, dict(metrics), remote)
                 if not sub.run.finished:
@@ -310,6 +334,55 @@ class Driver:
             return
         if path is not None:
             self._log(f"mad: phase diagram in {path}")
+
+    # ------------------------------------------------------------------ errors and caches
+    def _stage_failed(self, sub: Submitted, evaluate_ref: Any, err: Exception, remote) -> StageFailed:
+        """Which stage of ``sub`` failed first, with its traceback written to RUN_DIR/errors/.
+
+        Evaluate depends on the reference, the weights and the samples, so its failure may be any
+        of theirs: the finished ones are asked in pipeline order and the first that raised is named.
+        """
+        stage, failure = "evaluate", err
+        for name, refs in (("train", [sub.state]), ("sample", list(sub.shards)),
+                           ("reference", [sub.run.reference]), ("evaluate", [evaluate_ref])):
+            done, _ = remote.wait(refs, num_returns=len(refs), timeout=0)
+            try:
+                remote.get(done)
+            except remote.TaskFailure as first:
+                stage, failure = name, first
+                break
+        chain = sub.run.chain.name
+        path = self.run_dir.root / ERRORS_DIR / f"{chain}-gen{sub.gen:03d}-{stage}.txt"
+        artifacts.write_text(path, f"chain: {chain}\ngeneration: {sub.gen}\nstage: {stage}\n"
+                                   f"time: {time.strftime('%Y-%m-%d %H:%M:%S')}\n\n"
+                                   f"{getattr(failure, 'details', str(failure))}\n")
+        return StageFailed(chain, sub.gen, stage, getattr(failure, "summary", str(failure)), path)
+
+    def _submit_reference(self, stages, ref_x, ref_y, pool, pool_ref, metrics) -> Any:
+        """The reference task, given the cached classifier when the driver's cache holds it; a newly
+        trained one comes back inside the reference and the driver caches it (tasks never write)."""
+        from mad.tasks import cached_classifier
+
+        state = cached_classifier(pool, metrics)
+        ref = stages.prepare_reference.remote(ref_x, ref_y, pool_ref, metrics, state)
+        if state is None and metrics.features.value == "classifier":
+            self._to_cache[ref] = metrics.cache_dir
+        return ref
+
+    def _cache_classifiers(self, remote) -> None:
+        """Write the classifiers of the references that are ready into the driver's cache."""
+        if not self._to_cache:
+            return
+        done, _ = remote.wait(list(self._to_cache), num_returns=len(self._to_cache), timeout=0)
+        from mad.metrics.features import save_classifier_state
+
+        for ref in done:
+            cache_dir = self._to_cache.pop(ref)
+            try:
+                state = remote.get(ref).extractor_state
+                save_classifier_state(state, cache_dir)
+            except (OSError, remote.TaskFailure) as err:  # a cache is an optimisation, never a reason to stop
+                print(f"mad: warning: classifier not cached in {cache_dir}: {err}", file=sys.stderr)
 
     def _restore(self, r: ChainRun, remote) -> None:
         """Bring back what a resumed chain needs from disk: earlier synthetic sets and weights."""

@@ -1,20 +1,75 @@
-"""Ray at the edge: starting or joining Ray, and the task wrappers with their resource requests.
+"""Ray at the edge: starting or joining Ray, the task wrappers with their resource requests, and
+the translation of Ray's errors into :class:`TaskFailure`.
 
-The only module of ``mad`` that imports Ray. The wrapped functions live in ``mad.tasks``.
+The only module of ``mad`` that imports Ray core (``mad.distributed`` imports Ray Train); only
+public Ray APIs are used. The wrapped functions live in ``mad.tasks``.
+
+A local Ray is private to the run: its files live in a fresh folder ``<ray.temp_dir or
+tmp>/mad-ray-<uid>/XXXXXXXX`` (the parent made 0700, so other users cannot read sockets or logs),
+passed to Ray through its ``RAY_TMPDIR`` environment variable; :mod:`mad.reaper` ends Ray's
+processes and removes that folder when the driver exits, however it exits.
 """
 from __future__ import annotations
 
+import atexit
+import errno
 import logging
 import os
+import re
+import stat
 import secrets
+import shutil
 import tempfile
 import warnings
-from typing import Optional
+from typing import Any, Optional
 
 import ray
 
-from mad import tasks
+from mad import progress, tasks
 from mad.config import Family, RayConfig, ResourcesConfig
+
+
+class TaskFailure(RuntimeError):
+    """A task raised (or its worker died for good): ``summary`` is one line, ``details`` the full
+    traceback as Ray reported it."""
+
+    def __init__(self, summary: str, details: str, cause: Optional[BaseException] = None):
+        super().__init__(summary)
+        self.summary = summary
+        self.details = details
+        self.cause = cause  # the exception the task raised (None: a worker or object was lost)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def get(refs: Any, timeout: Optional[float] = None) -> Any:
+    """``ray.get`` with Ray's errors as :class:`TaskFailure`."""
+    try:
+        return ray.get(refs, timeout=timeout)
+    except ray.exceptions.RayTaskError as err:
+        cause = task_error_cause(err)  # the first failure of a train -> sample -> evaluate pipeline
+        first = (str(cause).strip().splitlines() or [""])[0]
+        raise TaskFailure(f"{type(cause).__name__}: {first}".rstrip(": "), _ANSI.sub("", str(err)), cause) from None
+    except ray.exceptions.RayError as err:  # a worker that died past its retries, a lost object
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise TaskFailure(f"{type(err).__name__}: {first}", _ANSI.sub("", str(err))) from None
+
+
+def private_temp_root(base: Optional[str]) -> str:
+    """A fresh folder for one local Ray, inside ``<base or tmp>/mad-ray-<uid>`` (mode 0700)."""
+    parent = os.path.join(base or tempfile.gettempdir(), f"mad-ray-{os.getuid()}")
+    os.makedirs(parent, mode=0o700, exist_ok=True)
+    st = os.lstat(parent)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():  # planted by someone else (or a symlink)
+        raise PermissionError(errno.EPERM, "not a directory of yours; set ray.temp_dir", parent)
+    os.chmod(parent, 0o700)  # also when an older version left it world-readable
+    # short: Ray's socket paths below it must stay under the 107-byte limit of a Unix socket path
+    return tempfile.mkdtemp(prefix="", dir=parent)
+
+
+_TEMP_ROOT: Optional[str] = None
+_REAPER_FD: Optional[int] = None  # never closed: the kernel closes it when this process ends
 
 
 def init(cfg: RayConfig, quiet: bool = False, dashboard: bool = False) -> None:
@@ -28,6 +83,8 @@ def init(cfg: RayConfig, quiet: bool = False, dashboard: bool = False) -> None:
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=not quiet,
                  logging_level="ERROR" if quiet else "INFO")
+        progress.set_console_printer(_safe_print)
+        _terminate_like_ctrl_c()
         return
     # A local Ray keeps its files out of the user's home folder: session files under a temp
     # dir, and the auth token in this process's environment (inherited by Ray's processes)
@@ -35,18 +92,61 @@ def init(cfg: RayConfig, quiet: bool = False, dashboard: bool = False) -> None:
     if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     # Token auth stays on (Ray's default); its notice about that is noise for a private local Ray.
+    # (A logger name, not an API: silencing it cannot break on an upgrade.)
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    temp_dir = cfg.temp_dir or os.path.join(tempfile.gettempdir(), "mad-ray")
+    global _TEMP_ROOT, _REAPER_FD
+    from mad import reaper
+
+    _TEMP_ROOT = private_temp_root(cfg.temp_dir)
+    # The watcher holds the pipe's read end; this process keeps the write end open until it exits.
+    _REAPER_FD = reaper.start(_TEMP_ROOT)
+    os.environ["RAY_TMPDIR"] = _TEMP_ROOT  # Ray's own variable for its temp root; inherited by its processes
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    atexit.register(shutdown)
     # The dashboard costs start-up time; Ray Train's bookkeeping needs its state API.
-    ray.init(num_cpus=cfg.num_cpus, _temp_dir=temp_dir, include_dashboard=dashboard,
+    ray.init(num_cpus=cfg.num_cpus, include_dashboard=dashboard,
              runtime_env=runtime_env, log_to_driver=not quiet,
              logging_level="ERROR" if quiet else "WARNING", configure_logging=True)
+    progress.set_console_printer(_safe_print)
+    _terminate_like_ctrl_c()
+
+
+def _terminate_like_ctrl_c() -> None:
+    """SIGTERM (a batch system, ``kill``) ends the driver as Ctrl-C does, with the same one line,
+    instead of the stack dump of the handler ``ray.init`` installs."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (an embedding program): keep Ray's handler
+        pass
+
+
+def _safe_print(msg: str) -> None:
+    from ray.experimental.tqdm_ray import safe_print
+
+    safe_print(msg, flush=True)
 
 
 def shutdown() -> None:
+    """Stop a local Ray and remove its temporary folder (joined clusters are only disconnected)."""
+    global _TEMP_ROOT
     if ray.is_initialized():
         ray.shutdown()
+    progress.set_console_printer(None)
+    if _TEMP_ROOT is not None:
+        shutil.rmtree(_TEMP_ROOT, ignore_errors=True)
+        _TEMP_ROOT = None
+
+
+def _use_worker_bars() -> None:
+    """Inside a task, progress bars go through Ray's tqdm, which draws them on the driver's console."""
+    from ray.experimental.tqdm_ray import tqdm as ray_tqdm
+
+    progress.set_bar_factory(ray_tqdm)
 
 
 def _use_assigned_resources() -> Optional[str]:
@@ -57,6 +157,7 @@ def _use_assigned_resources() -> Optional[str]:
     # so torch's "The given NumPy array is not writable" warning is noise in the user's console.
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 
+    _use_worker_bars()
     assigned = ray.get_runtime_context().get_assigned_resources()
     torch.set_num_threads(max(1, int(round(assigned.get("CPU", 1)))))
     if assigned.get("GPU", 0) > 0 and torch.cuda.is_available():
@@ -132,9 +233,9 @@ def _evaluate(reference, state, n_eval, metrics, family, bias, real_moments, rea
 
 
 @ray.remote
-def _prepare_reference(ref_x, ref_y, pool, metrics):
+def _prepare_reference(ref_x, ref_y, pool, metrics, classifier_state=None):
     _use_assigned_resources()
-    return tasks.prepare_reference(ref_x, ref_y, pool, metrics)
+    return tasks.prepare_reference(ref_x, ref_y, pool, metrics, classifier_state)
 
 
 class Stages:
@@ -160,5 +261,4 @@ def task_error_cause(err: BaseException) -> BaseException:
 
 
 put = ray.put
-get = ray.get
 wait = ray.wait

@@ -10,8 +10,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from mad import seeding
+from mad.config import Family, Features, MetricsConfig, ModelConfig, SampleConfig, TrainConfig
 from mad.divergence import check_samples, check_state
-from mad.config import Family, MetricsConfig, ModelConfig, SampleConfig, TrainConfig
 from mad.data import RealPool
 from mad.models import get_family
 
@@ -107,7 +107,19 @@ def evaluate_generation(reference, state: dict, shards: Sequence[Shard], n_eval:
     return {k: None if v is None else float(v) for k, v in out.items()}
 
 
-def prepare_reference(ref_x, ref_y, pool: RealPool, metrics: MetricsConfig):
+def prepare_reference(ref_x, ref_y, pool: RealPool, metrics: MetricsConfig, classifier_state: Optional[dict] = None):
+    """The metrics' reference; a task writes nothing (the driver caches a newly trained classifier)."""
     from mad.metrics import prepare_reference as _prepare
 
-    return _prepare(ref_x, ref_y, pool.x, pool.y, metrics, pool.num_classes or None)
+    return _prepare(ref_x, ref_y, pool.x, pool.y, metrics, pool.num_classes or None,
+                    classifier_state=classifier_state, use_cache=False)
+
+
+def cached_classifier(pool: RealPool, metrics: MetricsConfig) -> Optional[dict]:
+    """The driver's look-up of the classifier cache for this pool (None: not cached, or not needed)."""
+    if metrics.features != Features.classifier or pool.x is None or pool.y is None:
+        return None
+    from mad.metrics.features import cached_classifier_state
+
+    return cached_classifier_state(pool.x, pool.y, pool.num_classes or None, metrics.cache_dir,
+                                   epochs=metrics.classifier_epochs)

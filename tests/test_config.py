@@ -11,7 +11,7 @@ from mad.config import ConfigError, LoopKind, expand_sweep, load_config, resolve
 
 def write(tmp_path: Path, text: str) -> Path:
     p = tmp_path / "c.yaml"
-    p.write_text(text)
+    p.write_text(text or "{}\n")  # an empty file is refused (see test_bad_inputs); {} is an explicit empty mapping
     return p
 
 

@@ -20,6 +20,8 @@ def test_three_loops_two_generations_through_run_py(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(recs) == 6
+    # the classifier a task trained came back with the reference and the driver cached it
+    assert len(list((tmp_path / "cache").glob("classifier-*.safetensors"))) == 1
     assert {r["loop"] for r in recs} == {"fully_synthetic", "synthetic_augmentation", "fresh_data"}
     for r in recs:
         for key in ("fid", "precision", "recall", "density", "coverage", "class_entropy", "class_kl"):

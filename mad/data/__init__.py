@@ -116,6 +116,11 @@ class DataUnavailableError(RuntimeError):
     """A data set that cannot be had here (e.g. a download without internet); the message says what to do."""
 
 
+class DataError(ValueError):
+    """Real data that cannot be used as given (an unreadable image, images of different sizes, a
+    reference set larger than the data); the one-line message names the file or the key."""
+
+
 def load_real(cfg: DataConfig, seed: int) -> tuple[RealPool, tuple[np.ndarray, Optional[np.ndarray]]]:
     """The training pool and the held-out reference set ``(x, y)`` for the metrics."""
     if cfg.name == DataName.gaussian:

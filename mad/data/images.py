@@ -17,6 +17,7 @@ blurs up-scaled digits a little, which every generation sees alike.
 """
 from __future__ import annotations
 
+import shutil
 import socket
 from pathlib import Path
 from typing import Optional
@@ -26,10 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mad.data import DataUnavailableError  # noqa: F401  (re-exported)
+from mad.data import DataError, DataUnavailableError  # noqa: F401  (re-exported)
 from mad.config import DataConfig, DataName
 
-__all__ = ["DataUnavailableError", "load_images", "resize_images", "IMAGE_EXTENSIONS"]
+__all__ = ["DataError", "DataUnavailableError", "load_images", "resize_images", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 _DOWNLOAD_TIMEOUT_S = 10.0  # offline, a download attempt must fail fast rather than hang
@@ -79,7 +80,7 @@ def resize_images(x: np.ndarray, resolution: int | None) -> np.ndarray:
 
 def _split(n: int, n_reference: int, seed: int, what: str) -> tuple[np.ndarray, np.ndarray]:
     if not 0 < n_reference < n:
-        raise ValueError(f"data.n_reference={n_reference} must leave training images out of the {n} images of {what}")
+        raise DataError(f"data.n_reference={n_reference} must leave training images out of the {n} images of {what}")
     perm = np.random.default_rng(seed).permutation(n)
     return np.sort(perm[n_reference:]), np.sort(perm[:n_reference])
 
@@ -105,9 +106,11 @@ def _load_torchvision(cfg: DataConfig, name: DataName, seed: int) -> Split:
     def fetch(train: bool):
         old = socket.getdefaulttimeout()
         socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)
+        created = _missing_paths(root)
         try:
             return dataset_cls(str(root), train=train, download=True)
         except (URLError, RuntimeError, OSError) as err:
+            _remove_created(root, created)
             raise DataUnavailableError(
                 f"{name.value}: could not download to {root}/ (no internet?); "
                 f"place the torchvision {cls_name} files under {root / where}"
@@ -119,10 +122,29 @@ def _load_torchvision(cfg: DataConfig, name: DataName, seed: int) -> Split:
     train_x, train_y = _as_nchw(pool.data), np.asarray(pool.targets, dtype=np.int64)
     test_x, test_y = _as_nchw(test.data), np.asarray(test.targets, dtype=np.int64)
     if not 0 < cfg.n_reference <= len(test_x):
-        raise ValueError(f"data.n_reference={cfg.n_reference} must be in [1, {len(test_x)}] (the {cls_name} test split)")
+        raise DataError(f"data.n_reference={cfg.n_reference} must be in [1, {len(test_x)}] (the {cls_name} test split)")
     ref_idx = np.sort(np.random.default_rng(seed).permutation(len(test_x))[: cfg.n_reference])
     ref_x, ref_y = test_x[ref_idx], test_y[ref_idx]
     return resize_images(train_x, cfg.resolution), train_y, resize_images(ref_x, cfg.resolution), ref_y, len(pool.classes)
+
+
+def _missing_paths(root: Path) -> tuple[bool, set[str]]:
+    """(whether root existed, its top-level entries): what a failed download must not touch."""
+    if not root.is_dir():
+        return False, set()
+    return True, {p.name for p in root.iterdir()}
+
+
+def _remove_created(root: Path, before: tuple[bool, set[str]]) -> None:
+    """Undo what a failed download created (torchvision makes its folders before it fetches):
+    the whole root if it did not exist, else the top-level entries that are new."""
+    existed, entries = before
+    if not existed:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    for p in root.iterdir():
+        if p.name not in entries:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def _as_nchw(data) -> np.ndarray:
@@ -131,6 +153,10 @@ def _as_nchw(data) -> np.ndarray:
     if arr.ndim == 3:  # MNIST-like: N x H x W
         return np.ascontiguousarray(arr[:, None])
     return np.ascontiguousarray(arr.transpose(0, 3, 1, 2))  # CIFAR: N x H x W x C
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split())
 
 
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
@@ -149,7 +175,7 @@ def _load_folder(cfg: DataConfig, seed: int) -> Split:
     nested = len(top_level) < len(files)
     labeled = cfg.labels and nested
     if labeled and top_level:
-        raise ValueError(
+        raise DataError(
             f"folder: {root}/ mixes images at the top level ({top_level[0].name}, ...) with class sub-folders; "
             "move them into a sub-folder or set data.labels=false"
         )
@@ -157,17 +183,23 @@ def _load_folder(cfg: DataConfig, seed: int) -> Split:
     # first pass reads headers only (cheap): the common mode and whether sizes agree
     modes, sizes = set(), set()
     for p in files:
-        with Image.open(p) as im:
-            modes.add(im.mode)
-            sizes.add(im.size)
+        try:
+            with Image.open(p) as im:
+                modes.add(im.mode)
+                sizes.add(im.size)
+        except Exception as err:  # PIL raises several types; the user needs the file's name
+            raise DataError(f"folder: {p}: not a readable image ({_one_line(err)})") from None
     # one channel count for all: grey only if every image is grey, else everything becomes RGB
     mode = "L" if modes <= _GREY_MODES else "RGB"
     if cfg.resolution is None and len(sizes) > 1:
-        raise ValueError(f"folder: images under {root}/ differ in size ({len(sizes)} sizes, e.g. {sorted(sizes)[:3]}); set data.resolution")
+        raise DataError(f"folder: images under {root}/ differ in size ({len(sizes)} sizes, e.g. {sorted(sizes)[:3]}); set data.resolution")
     arrays = []
     for p in files:
-        with Image.open(p) as im:
-            im = im.convert(mode)
+        try:
+            with Image.open(p) as im:
+                im = im.convert(mode)  # decodes the pixels: a truncated or corrupt file fails here
+        except Exception as err:
+            raise DataError(f"folder: {p}: not a readable image ({_one_line(err)})") from None
         if cfg.resolution is not None and im.size != (cfg.resolution, cfg.resolution):
             # centre-crop to square, then bilinear resize (PIL antialiases when shrinking)
             im = ImageOps.fit(im, (cfg.resolution, cfg.resolution), method=Image.BILINEAR)

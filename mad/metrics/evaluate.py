@@ -18,6 +18,7 @@ from mad.metrics.features import (
     inception_features,
     load_or_train_classifier,
     raw_features,
+    train_classifier,
 )
 from mad.metrics.frechet import feature_stats, fid_to_reference, frechet_distance, sqrt_psd
 from mad.metrics.prdc import compute_knn_sq_radii, prdc
@@ -110,18 +111,27 @@ def class_metrics(probs: np.ndarray, real_hist: np.ndarray, y: Any = None) -> di
 
 
 def prepare_reference(ref_x: Any, ref_y: Any, train_x: Any, train_y: Any, cfg: MetricsConfig,
-                      num_classes: int | None) -> Reference:
+                      num_classes: int | None, classifier_state: dict | None = None,
+                      use_cache: bool = True) -> Reference:
     """Features and statistics of the held-out reference set, computed once per run.
 
-    With ``features=classifier`` the classifier is trained on ``train_x``/``train_y`` (or loaded
-    from ``cfg.cache_dir`` when already trained on the same data) and the reference class
-    histogram is the classifier's own predictions on ``ref_x``: generated samples are judged by
-    the same instrument, so its few errors cancel instead of showing up as a KL."""
+    With ``features=classifier`` the classifier is ``classifier_state`` when given (the driver
+    read it from its cache), else trained on ``train_x``/``train_y``: through ``cfg.cache_dir``
+    when ``use_cache`` (a direct call), without touching disk when not (inside a task, whose
+    result's ``extractor_state`` the driver caches). The reference class histogram is the
+    classifier's own predictions on ``ref_x``: generated samples are judged by the same
+    instrument, so its few errors cancel instead of showing up as a KL."""
     kind = _features_kind(cfg)
     state: dict | None = None
     class_hist: np.ndarray | None = None
     if kind == Features.classifier:
-        clf = load_or_train_classifier(train_x, train_y, num_classes, cfg.cache_dir, epochs=cfg.classifier_epochs)
+        if classifier_state is not None:
+            clf = TrainedClassifier.from_state(classifier_state)
+        elif use_cache:
+            clf = load_or_train_classifier(train_x, train_y, num_classes, cfg.cache_dir,
+                                           epochs=cfg.classifier_epochs)
+        else:
+            clf = train_classifier(train_x, train_y, num_classes, epochs=cfg.classifier_epochs)
         state = clf.state()
         _CLASSIFIERS[clf.key] = clf
         feats, probs = clf.predict(ref_x)

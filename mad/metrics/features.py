@@ -32,6 +32,8 @@ __all__ = [
     "TrainedClassifier",
     "train_classifier",
     "load_or_train_classifier",
+    "cached_classifier_state",
+    "save_classifier_state",
     "classifier_cache_key",
     "raw_features",
     "inception_weights_path",
@@ -277,6 +279,27 @@ def load_or_train_classifier(images: Any, labels: Any, num_classes: int | None, 
     clf = train_classifier(images, labels, num_classes, epochs=epochs, seed=seed, device=device)
     _save_atomic(clf, path)
     return clf
+
+
+def cached_classifier_state(images: Any, labels: Any, num_classes: int | None, cache_dir: str | os.PathLike,
+                            *, epochs: int = 30, seed: int = 0) -> dict | None:
+    """The cached classifier for this training set as a picklable state, or None on a miss.
+    For the driver: it reads the cache on its own disk and ships the weights to the task."""
+    key = classifier_cache_key(images, labels, num_classes, epochs, seed)
+    path = _cache_path(cache_dir, key)
+    if not path.is_file():
+        return None
+    clf = _load_cached(path, key, torch.device("cpu"))
+    return None if clf is None else clf.state()
+
+
+def save_classifier_state(state: dict, cache_dir: str | os.PathLike) -> Path:
+    """Write a classifier state (as a task returned it) into the cache; the driver calls this,
+    so the cache lands on the driver's disk, never in a worker's current directory."""
+    clf = TrainedClassifier.from_state(state, torch.device("cpu"))
+    path = _cache_path(cache_dir, clf.key)
+    _save_atomic(clf, path)
+    return path
 
 
 # ----------------------------------------------------------------------------- inception

@@ -1,0 +1,149 @@
+"""Stopping a run, as users and machines do: Ctrl-C, a SIGKILL of the driver alone (the OOM
+killer), an exception inside a Ray task. Real runs of ``run.py`` on a small Gaussian (the
+exception: a tiny diffusion model), real Ray, no mocks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_cli
+from mad.reaper import reap, session_processes
+
+GAUSS = ["configs/experiment/gaussian.yaml", "sweep={}", "report.tensorboard=false", "report.html=false"]
+
+
+@pytest.fixture
+def ray_base():
+    """A short base for Ray's folder (Unix socket paths must stay under 107 bytes)."""
+    base = Path(tempfile.mkdtemp(prefix="mr", dir="/tmp"))
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _start(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_TMPDIR", None)
+    # its own session: a SIGINT to its process group is what Ctrl-C in a terminal sends
+    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def _wait_for(path_glob: str, root: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not list(root.glob(path_glob)):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"no {path_glob} after {timeout}s"
+        time.sleep(0.2)
+
+
+def _records(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        r.pop("wall_s"), r.pop("time")
+    return sorted(rows, key=lambda r: (r["chain"], r["gen"]))
+
+
+def _ray_root_of(pid: int) -> str:
+    """The private Ray folder of a driver, read from the environment of its Ray children."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != pid:
+                continue
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                for var in f.read().split(b"\0"):
+                    if var.startswith(b"RAY_TMPDIR="):
+                        return var.split(b"=", 1)[1].decode()
+        except (OSError, IndexError, ValueError):
+            continue
+    raise AssertionError(f"no Ray child of {pid} found")
+
+
+def test_sigint_exits_130_with_one_line_and_resumes_identically(tmp_path, ray_base):
+    gens = 30
+    cmd = [*GAUSS, f"loop.generations={gens}", f"ray.temp_dir={ray_base}"]
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    interrupted = _start(*cmd, f"out={run}")
+    undisturbed = _start(*cmd, f"out={ref}", "--quiet")
+    _wait_for("c00-*/gen_002/DONE", run, interrupted)
+    os.killpg(interrupted.pid, signal.SIGINT)
+    _, err = interrupted.communicate(timeout=120)
+    assert interrupted.returncode == 130, err[-3000:]
+    assert err.strip().splitlines() == ["error: interrupted; rerun the same command to resume"], err[-3000:]
+    done_then = sorted(p.parent.name for p in run.glob("c00-*/gen_*/DONE"))
+    assert 2 <= len(done_then) < gens, "the interrupt came too late to test anything"
+
+    assert undisturbed.wait(timeout=600) == 0, undisturbed.communicate()[1][-3000:]
+    again = run_cli(*cmd, f"out={run}", "--quiet", timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _records(run) == _records(ref)
+    assert len(_records(run)) == gens
+    # every local Ray of these runs ended and left no folder; the parent is private to the user
+    parent = ray_base / f"mad-ray-{os.getuid()}"
+    assert list(parent.iterdir()) == []
+    assert parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_sigkill_of_the_driver_alone_leaves_no_ray_process(tmp_path, ray_base):
+    run = tmp_path / "run"
+    proc = _start(*GAUSS, "loop.generations=3000", f"ray.temp_dir={ray_base}", f"out={run}", "--quiet")
+    _wait_for("c00-*/gen_002/DONE", run, proc)
+    root = _ray_root_of(proc.pid)
+    assert root.startswith(str(ray_base)) and len(session_processes(root)) >= 2  # GCS, raylet, agents, workers
+    try:
+        proc.send_signal(signal.SIGKILL)  # the driver only, as the OOM killer does
+        proc.communicate(timeout=60)
+        deadline = time.monotonic() + 30
+        while session_processes(root) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = session_processes(root)
+        assert left == [], f"Ray processes left 30 s after the driver died: {left}"
+        assert not Path(root).exists()
+    finally:
+        reap(root)  # never leave a stray Ray behind for the next test, whatever happened
+
+
+def test_an_exception_inside_a_task_is_one_line_with_chain_generation_stage_and_traceback_file(tmp_path):
+    run = tmp_path / "run"
+    # five UNet levels do not fit 8x8 digits: the model raises inside the training task
+    proc = run_cli(f"out={run}", "model.channels=[8,8,8,8,8]", "train.steps=2", "loop.generations=1",
+                   "sweep={}", "metrics.features=raw", "report.tensorboard=false", "--quiet", timeout=600)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr[-3000:]
+    line = lines[0]
+    assert "chain c00-fully_synthetic, generation 1, train failed: ValueError: image size 8x8" in line
+    path = Path(line.rsplit("full traceback: ", 1)[1].rstrip(")"))
+    assert path == run / "errors" / "c00-fully_synthetic-gen001-train.txt"
+    text = path.read_text()
+    assert "stage: train" in text and "build_unet" in text and "Traceback" not in line
+
+
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(small)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs a small tmpfs (root with mount rights)")
+    try:
+        # 1000 samples of dimension 50 are 400 kB: the first generation's samples.npz cannot fit
+        proc = run_cli(*GAUSS, "data.dim=50", "loop.generations=2", f"out={small / 'run'}", "--quiet", timeout=600)
+        assert proc.returncode == 1, proc.stderr[-3000:]
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, proc.stderr[-3000:]
+        assert "No space left on device" in lines[0] and str(small / "run") in lines[0], lines[0]
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)
