@@ -7,6 +7,9 @@ Layout::
     out/metrics.jsonl              one line per (chain, generation)
     out/<chain>/gen_001/           manifest.json model.safetensors samples.npz preview.npz metrics.json DONE
 
+(model.safetensors only where artifacts.keep_models keeps it, samples.npz and preview.npz only where
+artifacts.samples keeps them.)
+
 A file is written under a temporary name and moved into place with ``os.replace``;
 ``DONE`` is written last, so a generation directory without it is incomplete and is
 redone on resume. This is atomic against a killed process (the failure Ray and users
@@ -140,7 +143,7 @@ class RunDir:
         return gens
 
     def write_generation(self, chain: str, gen: int, *, manifest: dict, state: Optional[dict],
-                         samples_x: np.ndarray, samples_y: Optional[np.ndarray], metrics: dict) -> None:
+                         samples_x: Optional[np.ndarray], samples_y: Optional[np.ndarray], metrics: dict) -> None:
         d = self.gen_dir(chain, gen)
         done = d / DONE
         if done.exists():  # a redo after a crash between writes: unmark first
@@ -149,9 +152,10 @@ class RunDir:
         write_json(d / MANIFEST, manifest)
         if state is not None:
             write_state(d / MODEL, state)
-        write_npz(d / SAMPLES, x=samples_x, y=samples_y)
-        write_npz(d / PREVIEW, x=samples_x[:PREVIEW_SIZE],
-                  y=None if samples_y is None else samples_y[:PREVIEW_SIZE])
+        if samples_x is not None:  # None: the run keeps no samples (artifacts.samples=none)
+            write_npz(d / SAMPLES, x=samples_x, y=samples_y)
+            write_npz(d / PREVIEW, x=samples_x[:PREVIEW_SIZE],
+                      y=None if samples_y is None else samples_y[:PREVIEW_SIZE])
         write_json(d / GEN_METRICS, metrics)
         write_text(done, "")
 
@@ -167,6 +171,16 @@ class RunDir:
 
     def has_model(self, chain: str, gen: int) -> bool:
         return (self.gen_dir(chain, gen) / MODEL).is_file()
+
+    def has_samples(self, chain: str, gen: int) -> bool:
+        return (self.gen_dir(chain, gen) / SAMPLES).is_file()
+
+    def drop_samples(self, chain: str, gen: int) -> None:
+        """Delete a generation's samples and preview (artifacts.samples=last keeps only the latest)."""
+        for name in (SAMPLES, PREVIEW):
+            p = self.gen_dir(chain, gen) / name
+            if p.exists():
+                p.unlink()
 
     def drop_model(self, chain: str, gen: int) -> None:
         p = self.gen_dir(chain, gen) / MODEL

@@ -88,6 +88,17 @@ class KeepModels(str, Enum):
     last = "last"
 
 
+class KeepSamples(str, Enum):
+    all = "all"  # samples.npz and preview.npz of every generation
+    last = "last"  # only the latest generation's (what resume needs); earlier ones are deleted
+    none = "none"  # none; resume redraws the last synthetic set from the saved model and its seed
+
+
+# Families whose saved state redraws a generation's samples exactly (same derived seed), so a run
+# that keeps no samples (artifacts.samples=none) can still resume.
+REDRAWABLE_FAMILIES = frozenset({Family.gaussian})
+
+
 # ----------------------------------------------------------------------------- schema
 @dataclass
 class DataConfig:
@@ -153,6 +164,9 @@ class MetricsConfig:
     k: int = 5  # k-NN for precision/recall/density/coverage (MAD: 5)
     cache_dir: str = ".cache/mad"  # classifier weights and reference statistics
     classifier_epochs: int = 30
+    # Sample-based metrics (FID, PRDC, class metrics) every k-th generation and at the last one;
+    # 0 = never. Closed-form metrics (the Gaussian's w2) are computed every generation regardless.
+    every: int = 1
 
 
 @dataclass
@@ -165,6 +179,10 @@ class ResourcesConfig:
     eval_cpus: float = 1.0
     eval_gpus: float = 0.0
     max_retries: int = 3  # Ray retries of a task whose worker died
+    # Cheap families (mad/models: CHEAP = True) run blocks of chains in one task: null = sized
+    # automatically (chains / CPUs, capped), an int = chains per block, 0 = one task per stage as for
+    # every other family.
+    block_size: Optional[int] = None
 
 
 @dataclass
@@ -177,6 +195,7 @@ class RayConfig:
 @dataclass
 class ArtifactsConfig:
     keep_models: KeepModels = KeepModels.all
+    samples: KeepSamples = KeepSamples.all
 
 
 @dataclass
@@ -464,6 +483,16 @@ def _validate_one(cfg: Config) -> None:
     if s.scheduler == Scheduler.ddim and s.steps > m.num_train_timesteps:
         raise ConfigError("sample.steps", f"must be at most model.num_train_timesteps ({m.num_train_timesteps})")
     _positive("resources.sample_shards", cfg.resources.sample_shards)
+    if cfg.resources.block_size is not None and cfg.resources.block_size < 0:
+        raise ConfigError("resources.block_size", f"must be null, 0 (no blocks) or positive, got {cfg.resources.block_size}")
+    if cfg.metrics.every < 0:
+        raise ConfigError("metrics.every", f"must be 0 (never) or positive, got {cfg.metrics.every}")
+    if cfg.artifacts.samples != KeepSamples.all and loop.synth_source != SynthSource.last:
+        raise ConfigError("artifacts.samples", f"{cfg.artifacts.samples.value} needs loop.synth_source=last "
+                          f"({loop.synth_source.value} reads earlier synthetic sets again)")
+    if cfg.artifacts.samples == KeepSamples.none and m.family not in REDRAWABLE_FAMILIES:
+        raise ConfigError("artifacts.samples", f"none needs a family whose saved state redraws its samples "
+                          f"exactly (gaussian), got {m.family.value}")
     if cfg.resources.max_retries < 0:
         raise ConfigError("resources.max_retries", "must be at least 0")
     # family / data compatibility

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 
 import loops
-from mad import artifacts, seeding
+from mad import artifacts, blocks, seeding
 from mad.config import (Config, DataName, Family, SynthSource, TrainInit, config_to_dict, resolved_counts,
                         science_dict, science_of_yaml, to_yaml)
 from mad.plan import Chain, plan_chains
@@ -57,15 +57,18 @@ def _data_key(cfg: Config) -> str:
     return json.dumps(config_to_dict(cfg.data), sort_keys=True)
 
 
-def _needed_synth_gens(cfg: Config, next_gen: int) -> list[int]:
-    """Earlier synthetic sets that generation ``next_gen`` or later can still use."""
-    last = next_gen - 1
-    if last < 1:
-        return []
-    if cfg.loop.synth_source == SynthSource.accumulate:
-        return list(range(1, last + 1))
-    k = cfg.loop.last_k if cfg.loop.synth_source == SynthSource.last_k else 1
-    return list(range(max(1, last - k + 1), last + 1))
+_needed_synth_gens = blocks.needed_synth_gens
+
+
+@dataclass
+class Block:
+    """A block of chains of a cheap family, run a slice of generations per task (see mad/blocks.py)."""
+
+    runs: list[ChainRun]
+    data_key: str
+    carry: Any  # list of blocks.BlockChain, or the object ref of the previous slice's carried state
+    keep_samples: bool
+    started: float = 0.0
 
 
 class Driver:
@@ -78,6 +81,8 @@ class Driver:
         self.tracker = None
         self.t_start = time.time()
         self.gens_this_session = 0
+        self._total_gens = sum(c.cfg.loop.generations for c in self.chains)
+        self._chain_gen_s: Optional[float] = None  # measured seconds per chain-generation in blocks
         self._report_written = 0.0
         # Step-level bars only for models slow enough to need them (a Gaussian generation takes ms).
         # Bars redraw in place on a terminal; in a log file they would only pile up lines.
@@ -146,13 +151,34 @@ class Driver:
             r.reference = self.references[mkey]
             self._restore(r, remote)
 
-        pending: dict[Any, Submitted] = {}
+        pending: dict[Any, Any] = {}  # ref -> Submitted (one chain-generation) or Block (a slice)
+        in_blocks = [r for r in todo if self._runs_in_blocks(r.chain.cfg)]
         for r in todo:
-            sub, ref = self._submit(r, stages, remote)
-            pending[ref] = sub
+            if r not in in_blocks:
+                sub, ref = self._submit(r, stages, remote)
+                pending[ref] = sub
+        idle = self._plan_blocks(in_blocks)
+        max_blocks = remote.cluster_cpus()  # one block in flight per CPU; Ray spreads them over nodes
+
+        def fill_blocks() -> None:
+            while idle and sum(isinstance(v, Block) for v in pending.values()) < max_blocks:
+                block = idle.pop(0)
+                pending[self._submit_block(block, stages, remote)] = block
+
+        fill_blocks()
         while pending:
             ready, _ = remote.wait(list(pending), num_returns=1)
             sub = pending.pop(ready[0])
+            if isinstance(sub, Block):
+                results = remote.get(ready[0])
+                by_name = {r.chain.name: r for r in sub.runs}
+                for res in results:
+                    by_name[res.name].next_gen = res.gen + 1
+                if not all(r.finished for r in sub.runs):
+                    idle.append(sub)
+                fill_blocks()  # the next slice runs while this one is written
+                self._persist_block(sub, results)
+                continue
             metrics = remote.get(ready[0])
             self._persist(sub, metrics, remote)
             if not sub.run.finished:
@@ -168,7 +194,10 @@ class Driver:
         name, cfg = r.chain.name, r.chain.cfg
         for g in _needed_synth_gens(cfg, r.next_gen):
             size = self.records[(name, g)]["synth_size"]
-            x, y = self.run_dir.read_samples(name, g)
+            if self.run_dir.has_samples(name, g):
+                x, y = self.run_dir.read_samples(name, g)
+            else:  # artifacts.samples=none: redraw them from the saved model (a cheap family)
+                x, y = blocks.redraw_synth(self.run_dir.read_model(name, g), self.pools[r.data_key][0], cfg, g)
             r.synth[g] = [remote.put((x[:size], None if y is None else y[:size]))]
             r.synth_sizes[g] = size
         if cfg.train.init == TrainInit.previous and r.next_gen > 1:
@@ -186,10 +215,8 @@ class Driver:
         init_state = r.prev_state if cfg.train.init == TrainInit.previous else None
         state = stages.train.remote(pool_ref, seed, gen, manifest.to_json(), synth_gens, counts,
                                     cfg.model.family, cfg.model, cfg.train, init_state, self._bars, *flat)
-        _, n_synth = resolved_counts(cfg.loop)
-        n_keep = n_synth if gen < cfg.loop.generations else 0
-        n_sample = max(n_keep, cfg.metrics.n_eval)
-        class_probs = pool.class_histogram() if cfg.sample.class_balance.value == "real" else None
+        n_sample = blocks.n_samples(cfg, gen)
+        class_probs = blocks.class_probs(pool, cfg)
         from mad.tasks import shard_sizes
 
         shards = [
@@ -199,8 +226,77 @@ class Driver:
         ]
         metrics = stages.evaluate.remote(r.reference, state, cfg.metrics.n_eval, cfg.metrics, cfg.model.family,
                                          cfg.sample.bias, self.moments[r.data_key],
-                                         cfg.data.name == DataName.gaussian, *shards)
+                                         cfg.data.name == DataName.gaussian, *shards,
+                                         score_samples=blocks.scores_samples(cfg, gen))
         return Submitted(r, gen, manifest, state, shards, time.time()), metrics
+
+    # ------------------------------------------------------------------ blocks of cheap chains
+    def _runs_in_blocks(self, cfg: Config) -> bool:
+        return cfg.resources.block_size != 0 and blocks.is_cheap(cfg.model.family)
+
+    def _plan_blocks(self, runs: list[ChainRun]) -> list[Block]:
+        """Blocks of chains that share real data, metric reference and what they keep of samples."""
+        from mad import remote
+
+        groups: dict[tuple, list[ChainRun]] = {}
+        for r in runs:
+            c = r.chain.cfg
+            key = (r.data_key, json.dumps(config_to_dict(c.metrics), sort_keys=True), c.artifacts.samples.value)
+            groups.setdefault(key, []).append(r)
+        cpus = remote.cluster_cpus() if runs else 1
+        out = []
+        for (data_key, _, keep), group in groups.items():
+            by_name = {r.chain.name: r for r in group}
+            for names in blocks.plan_blocks(list(by_name), self.cfg.resources.block_size, cpus):
+                members = [by_name[n] for n in names]
+                carry = [self._block_chain(r) for r in members]
+                out.append(Block(members, data_key, carry, keep != "none"))
+        return out
+
+    def _block_chain(self, r: ChainRun) -> blocks.BlockChain:
+        """A chain's carried state for a block, from disk when resuming (samples, or models to redraw them)."""
+        name, cfg = r.chain.name, r.chain.cfg
+        bc = blocks.BlockChain(name, cfg, r.next_gen)
+        for g in _needed_synth_gens(cfg, r.next_gen):
+            size = self.records[(name, g)]["synth_size"]
+            if self.run_dir.has_samples(name, g):
+                x, y = self.run_dir.read_samples(name, g)
+                bc.synth[g] = (x[:size], None if y is None else y[:size])
+            else:  # artifacts.samples=none: the block redraws them from the saved model
+                bc.redraw[g] = self.run_dir.read_model(name, g)
+            bc.synth_sizes[g] = size
+        if cfg.train.init == TrainInit.previous and r.next_gen > 1:
+            bc.prev_state = self.run_dir.read_model(name, r.next_gen - 1)
+        return bc
+
+    def _submit_block(self, block: Block, stages, remote) -> Any:
+        active = [r for r in block.runs if not r.finished]
+        max_gens = max(r.chain.cfg.loop.generations - r.next_gen + 1 for r in active)
+        n_gens = blocks.slice_generations(self._chain_gen_s, len(active), max_gens)
+        pool_ref = self.pools[block.data_key][1]
+        c = active[0].chain.cfg
+        results, carry = stages.run_block.remote(block.carry, pool_ref, active[0].reference,
+                                                 self.moments[block.data_key], c.data.name == DataName.gaussian,
+                                                 n_gens, block.keep_samples)
+        block.carry = carry  # the next slice starts from this one's end, without a trip through the driver
+        block.started = time.time()
+        return results
+
+    def _persist_block(self, block: Block, results: list) -> None:
+        by_name = {r.chain.name: r for r in block.runs}
+        if results:
+            cost = sum(res.wall_s for res in results) / len(results)
+            self._chain_gen_s = cost if self._chain_gen_s is None else 0.5 * (self._chain_gen_s + cost)
+        for res in results:
+            x, y = res.samples if res.samples is not None else (None, None)
+            record = self._write(by_name[res.name].chain, res.gen, res.manifest, res.state, x, y, res.metrics,
+                                 res.wall_s)
+            self._after_generation(record, x)
+        if results:
+            gens = sorted({res.gen for res in results})
+            self._log(f"[block of {len(block.runs)} chains: {block.runs[0].chain.name} ...] gen {gens[0]}-{gens[-1]} "
+                      f"done ({len(results)} chain-generations, {time.time() - block.started:.1f}s; "
+                      f"{len(self.records)}/{self._total_gens} in all, elapsed {time.time() - self.t_start:.0f}s)")
 
     def _persist(self, sub: Submitted, metrics: dict, remote) -> None:
         r, gen, cfg = sub.run, sub.gen, sub.run.chain.cfg
@@ -209,29 +305,8 @@ class Driver:
         from mad.tasks import concat_shards
 
         x, y = concat_shards(remote.get(sub.shards))
-        _, n_synth = resolved_counts(cfg.loop)
-        synth_size = n_synth if gen < cfg.loop.generations else 0
-        record = {
-            "chain": name,
-            "loop": cfg.loop.kind.value,
-            "seed": cfg.seed,
-            "bias": cfg.sample.bias,
-            "gen": gen,
-            "n_real": sub.manifest.n_real,
-            "n_synth": sub.manifest.n_synth,
-            "synth_size": synth_size,
-            "wall_s": round(time.time() - sub.started, 4),
-            "time": round(time.time(), 3),
-            **{k: getattr(v, "value", v) for k, v in r.chain.assignment.items()},
-            **metrics,
-        }
-        self.run_dir.write_generation(name, gen, manifest=sub.manifest.to_json(), state=state,
-                                      samples_x=x, samples_y=y, metrics=record)
-        if cfg.artifacts.keep_models.value == "last" and gen > 1:
-            self.run_dir.drop_model(name, gen - 1)
-        self.run_dir.append_metrics(record)
-        self.records[(name, gen)] = record
-        self.gens_this_session += 1
+        record = self._write(r.chain, gen, sub.manifest, state, x, y, metrics, round(time.time() - sub.started, 4))
+        synth_size = record["synth_size"]
 
         # Keep only the synthetic sets later generations can use; dropping the refs frees Ray's store.
         if synth_size:
@@ -246,9 +321,38 @@ class Driver:
         self._print_generation(record, cfg)
         self._after_generation(record, x)
 
+    def _write(self, chain: Chain, gen: int, manifest: loops.Manifest, state: dict, x: Optional[np.ndarray],
+               y: Optional[np.ndarray], metrics: dict, wall_s: float) -> dict:
+        """Persist one finished generation (both paths): its files, DONE, and its metrics.jsonl line."""
+        cfg, name = chain.cfg, chain.name
+        record = {
+            "chain": name,
+            "loop": cfg.loop.kind.value,
+            "seed": cfg.seed,
+            "bias": cfg.sample.bias,
+            "gen": gen,
+            "n_real": manifest.n_real,
+            "n_synth": manifest.n_synth,
+            "synth_size": blocks.synth_size(cfg, gen),
+            "wall_s": wall_s,
+            "time": round(time.time(), 3),
+            **{k: getattr(v, "value", v) for k, v in chain.assignment.items()},
+            **metrics,
+        }
+        keep_samples = cfg.artifacts.samples.value
+        self.run_dir.write_generation(name, gen, manifest=manifest.to_json(), state=state,
+                                      samples_x=None if keep_samples == "none" else x, samples_y=y, metrics=record)
+        if cfg.artifacts.keep_models.value == "last" and gen > 1:
+            self.run_dir.drop_model(name, gen - 1)
+        if keep_samples == "last" and gen > 1:
+            self.run_dir.drop_samples(name, gen - 1)
+        self.run_dir.append_metrics(record)
+        self.records[(name, gen)] = record
+        self.gens_this_session += 1
+        return record
+
     def _print_generation(self, rec: dict, cfg: Config) -> None:
-        total = sum(c.cfg.loop.generations for c in self.chains)
-        left = total - len(self.records)
+        left = self._total_gens - len(self.records)
         elapsed = time.time() - self.t_start
         eta = elapsed / max(1, self.gens_this_session) * left
         from mad.report import TABLE_METRICS
