@@ -26,6 +26,7 @@ from mad.progress import console_print
 
 TIMING_FIELDS = ("wall_s", "time")
 REPORT_EVERY_S = 10.0
+REPORT_COST_FACTOR = 20  # the live report's rewrites take at most ~1/20 of the run's time
 
 
 @dataclass
@@ -84,6 +85,9 @@ class Driver:
         self._total_gens = sum(c.cfg.loop.generations for c in self.chains)
         self._chain_gen_s: Optional[float] = None  # measured seconds per chain-generation in blocks
         self._report_written = 0.0
+        self._report_every = REPORT_EVERY_S
+        self._live = None  # mad.report.LiveRun: incremental reading for the live report
+        self._logged_this_session: set[tuple[str, int]] = set()
         # Step-level bars only for models slow enough to need them (a Gaussian generation takes ms).
         # Bars redraw in place on a terminal; in a log file they would only pile up lines.
         self._bars = not self.quiet and cfg.model.family != Family.gaussian and sys.stdout.isatty()
@@ -348,6 +352,7 @@ class Driver:
             self.run_dir.drop_samples(name, gen - 1)
         self.run_dir.append_metrics(record)
         self.records[(name, gen)] = record
+        self._logged_this_session.add((name, gen))
         self.gens_this_session += 1
         return record
 
@@ -368,20 +373,32 @@ class Driver:
         console table of every chain and generation."""
         if record is not None and self.cfg.report.tensorboard:
             if self.tracker is None:
-                from mad.tracking import TensorBoardTracker
+                from mad import tracking
 
-                self.tracker = TensorBoardTracker(self.run_dir.root)
+                if len(self.chains) > tracking.MAX_CHAIN_RUNS:  # summaries per group: see mad/tracking.py
+                    earlier = [rec for key, rec in self.records.items() if key not in self._logged_this_session]
+                    self.tracker = tracking.GroupSummaryTracker(self.run_dir.root,
+                                                                [c.describe() for c in self.chains], earlier)
+                else:
+                    self.tracker = tracking.TensorBoardTracker(self.run_dir.root)
             self.tracker.log_generation(record["chain"], record["gen"], record,
                                         None if x is None else x[:artifacts.PREVIEW_SIZE])
-        # The page embeds plotly (~5 MB): rewrite it at most every few seconds, and once at the end.
+        # The page embeds plotly (~5 MB) and grows with the run: rewrite it at most every
+        # REPORT_EVERY_S, or REPORT_COST_FACTOR times as long as its last rewrite took, so that it
+        # costs at most a small share of the run however large the run grows; and once at the end.
         now = time.time()
-        html_due = self.cfg.report.html and (final or now - self._report_written >= REPORT_EVERY_S)
+        html_due = self.cfg.report.html and (final or now - self._report_written >= self._report_every)
         table_due = final and not self.quiet
         if html_due or table_due:
-            from mad.report import load_run, text_table, write_run_report
+            from mad.report import LiveRun, load_run, text_table, write_run_report
 
             try:  # one read of the run directory serves both
-                run = load_run(self.run_dir.root)
+                if final:
+                    run = load_run(self.run_dir.root)
+                else:
+                    if self._live is None:
+                        self._live = LiveRun(self.run_dir.root)
+                    run = self._live.load()  # only the lines appended since the last rewrite
                 if html_due:
                     write_run_report(run)
                 if table_due:
@@ -389,7 +406,8 @@ class Driver:
             except Exception as err:  # a dashboard bug must not kill a days-long run
                 print(f"mad: warning: report not written: {err}", file=sys.stderr)
             if html_due:
-                self._report_written = now
+                self._report_written = time.time()
+                self._report_every = max(REPORT_EVERY_S, REPORT_COST_FACTOR * (self._report_written - now))
         if final and self.tracker is not None:
             self.tracker.close()
             self.tracker = None
