@@ -135,3 +135,57 @@ def test_block_planning():
     assert blocks.slice_generations(None, 100, 50) == 1  # nothing measured yet
     assert blocks.slice_generations(0.001, 100, 50) == 20  # ~SLICE_S of work
     assert blocks.slice_generations(10.0, 100, 50) == 1
+
+
+# ------------------------------------------------------------------ dashboards that scale
+def test_live_report_reads_only_new_lines_and_matches_a_full_read(tmp_path):
+    from mad.report import LiveRun, load_run
+
+    out = tmp_path / "run"
+    run_in_process(out, "loop.generations=3", "sweep={}", "sweep.seed=[0,1]")
+    path = out / "metrics.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:2]))
+    live = LiveRun(out)
+    first = live.load()
+    assert sorted(first.rows) == sorted((json.loads(x)["chain"], json.loads(x)["gen"]) for x in lines[:2])
+    # a line the driver is still writing is left for the next load
+    with open(path, "a") as f:
+        f.write(lines[2] + lines[3][:10])
+    assert len(live.load().rows) == 3
+    with open(path, "a") as f:
+        f.write(lines[3][10:] + "".join(lines[4:]))
+    inc, full = live.load(), load_run(out)
+    assert inc.rows == full.rows and len(inc.rows) == 6
+    assert inc.metrics == full.metrics
+    assert {c.name: c.done for c in inc.chains} == {c.name: c.done for c in full.chains}
+
+
+def test_tensorboard_summaries_per_group_for_many_chains(tmp_path):
+    import numpy as np
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mad.tracking import MAX_CHAIN_RUNS, GroupSummaryTracker, chain_log_dir
+
+    n_seeds = MAX_CHAIN_RUNS // 2 + 3  # two groups: more chains than per-chain runs allow
+    chains = [{"name": f"c{k}{s}", "assignment": {"loop.kind": k, "seed": s}, "generations": 3}
+              for k in ("a", "b") for s in range(n_seeds)]
+    rng = np.random.default_rng(0)
+    w2 = {(c["name"], g): float(rng.random()) for c in chains for g in (1, 2, 3)}
+    # generation 1 of every chain finished in an earlier session: counted, not logged again
+    done = [{"chain": c["name"], "gen": 1, "w2": w2[(c["name"], 1)]} for c in chains]
+    with GroupSummaryTracker(tmp_path, chains, done) as tracker:
+        for g in (2, 3):
+            for c in chains[::-1]:
+                tracker.log_generation(c["name"], g, {"w2": w2[(c["name"], g)], "gen": g, "seed": 0})
+    assert sorted(p.name for p in (tmp_path / "tensorboard").iterdir()) == ["loop.kind=a", "loop.kind=b"]
+    for k in ("a", "b"):
+        acc = EventAccumulator(str(chain_log_dir(tmp_path, f"loop.kind={k}")), size_guidance={"scalars": 0})
+        acc.Reload()
+        assert sorted(acc.Tags()["scalars"]) == ["w2", "w2_std"]
+        names = [c["name"] for c in chains if c["assignment"]["loop.kind"] == k]
+        for tag, fn in (("w2", np.mean), ("w2_std", np.std)):
+            events = acc.Scalars(tag)
+            assert [e.step for e in events] == [2, 3]
+            expected = [fn([w2[(n, g)] for n in names]) for g in (2, 3)]
+            np.testing.assert_allclose([e.value for e in events], expected, rtol=1e-6)
