@@ -20,6 +20,12 @@ from __future__ import annotations
 
 import argparse
 import os
+
+# One BLAS/OpenMP thread, as in the Ray workers (which Ray starts with OMP_NUM_THREADS=1): on shared
+# cores, spinning OpenMP threads make small matrix products many times slower.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import shutil
 import subprocess
 import sys
@@ -95,6 +101,9 @@ def main() -> None:
     ap.add_argument("--skip-metrics", action="store_true")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_blocks_"))
+    import torch  # the metrics use torch: one thread, as in a Ray worker with one CPU
+
+    torch.set_num_threads(1)
     print(f"# load average at start: {os.getloadavg()[0]:.1f}")
     try:
         s, g = args.seeds, args.gens

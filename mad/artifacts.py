@@ -127,6 +127,11 @@ class RunDir:
         with open(self.root / METRICS, "a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
 
+    def append_metrics_many(self, records: Iterable[dict]) -> None:
+        """Append several lines with one open (a slice of a chain block); readers see whole lines."""
+        with open(self.root / METRICS, "a") as f:
+            f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
     # --------------------------------------------------------------- generation level
     def gen_dir(self, chain: str, gen: int) -> Path:
         return self.root / chain / f"gen_{gen:03d}"

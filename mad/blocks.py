@@ -32,7 +32,10 @@ SLICE_S = 2.0  # target seconds of one slice: short enough to lose little when k
 
 
 def is_cheap(family: Family) -> bool:
-    """Does the family declare that a generation costs milliseconds (``CHEAP = True`` on its module)?"""
+    """Does the family declare that a generation costs milliseconds (``CHEAP = True`` on its module)?
+
+    Asking imports the family's module into the driver once (for diffusion: diffusers, seconds).
+    """
     return bool(getattr(get_family(family), "CHEAP", False))
 
 

@@ -153,7 +153,8 @@ class Driver:
                 ref_x, ref_y = ref_sets[r.data_key]
                 self.references[mkey] = stages.prepare_reference.remote(ref_x, ref_y, pool_ref, c.metrics)
             r.reference = self.references[mkey]
-            self._restore(r, remote)
+            if not self._runs_in_blocks(c):  # a block's chains are restored into its carried state
+                self._restore(r, remote)
 
         pending: dict[Any, Any] = {}  # ref -> Submitted (one chain-generation) or Block (a slice)
         in_blocks = [r for r in todo if self._runs_in_blocks(r.chain.cfg)]
@@ -291,11 +292,14 @@ class Driver:
         if results:
             cost = sum(res.wall_s for res in results) / len(results)
             self._chain_gen_s = cost if self._chain_gen_s is None else 0.5 * (self._chain_gen_s + cost)
+        written = []
         for res in results:
             x, y = res.samples if res.samples is not None else (None, None)
-            record = self._write(by_name[res.name].chain, res.gen, res.manifest, res.state, x, y, res.metrics,
-                                 res.wall_s)
-            self._after_generation(record, x)
+            written.append((self._write(by_name[res.name].chain, res.gen, res.manifest, res.state, x, y,
+                                        res.metrics, res.wall_s, append=False), x))
+        self.run_dir.append_metrics_many(rec for rec, _ in written)
+        for rec, x in written:  # dashboards read metrics.jsonl: after the lines are there
+            self._after_generation(rec, x)
         if results:
             gens = sorted({res.gen for res in results})
             self._log(f"[block of {len(block.runs)} chains: {block.runs[0].chain.name} ...] gen {gens[0]}-{gens[-1]} "
@@ -326,8 +330,10 @@ class Driver:
         self._after_generation(record, x)
 
     def _write(self, chain: Chain, gen: int, manifest: loops.Manifest, state: dict, x: Optional[np.ndarray],
-               y: Optional[np.ndarray], metrics: dict, wall_s: float) -> dict:
-        """Persist one finished generation (both paths): its files, DONE, and its metrics.jsonl line."""
+               y: Optional[np.ndarray], metrics: dict, wall_s: float, append: bool = True) -> dict:
+        """Persist one finished generation (both paths): its files, DONE, and (``append``) its
+        metrics.jsonl line. A block appends a slice's lines at once: a crash between a DONE and its
+        line is harmless, as metrics.jsonl is rebuilt from the DONE generations on resume."""
         cfg, name = chain.cfg, chain.name
         record = {
             "chain": name,
@@ -350,7 +356,8 @@ class Driver:
             self.run_dir.drop_model(name, gen - 1)
         if keep_samples == "last" and gen > 1:
             self.run_dir.drop_samples(name, gen - 1)
-        self.run_dir.append_metrics(record)
+        if append:
+            self.run_dir.append_metrics(record)
         self.records[(name, gen)] = record
         self._logged_this_session.add((name, gen))
         self.gens_this_session += 1
