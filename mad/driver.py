@@ -19,8 +19,8 @@ import numpy as np
 
 import loops
 from mad import artifacts, blocks, seeding
-from mad.config import (Config, DataName, Family, SynthSource, TrainInit, config_to_dict, resolved_counts,
-                        science_dict, science_of_yaml, to_yaml)
+from mad.config import (Config, DataName, Family, TrainInit, config_to_dict, science_dict, science_of_yaml,
+                        to_yaml)
 from mad.plan import Chain, plan_chains
 from mad.progress import console_print
 
@@ -159,7 +159,7 @@ class Driver:
         pending: dict[Any, Any] = {}  # ref -> Submitted (one chain-generation) or Block (a slice)
         in_blocks = [r for r in todo if self._runs_in_blocks(r.chain.cfg)]
         for r in todo:
-            if r not in in_blocks:
+            if not self._runs_in_blocks(r.chain.cfg):
                 sub, ref = self._submit(r, stages, remote)
                 pending[ref] = sub
         idle = self._plan_blocks(in_blocks)
@@ -308,7 +308,6 @@ class Driver:
 
     def _persist(self, sub: Submitted, metrics: dict, remote) -> None:
         r, gen, cfg = sub.run, sub.gen, sub.run.chain.cfg
-        name = r.chain.name
         state = remote.get(sub.state)
         from mad.tasks import concat_shards
 
