@@ -4,7 +4,9 @@ Chains (one point of the sweep each) run concurrently as Ray work; within a chai
 generations run in order. Per generation the driver asks the loop policy for the next
 training set (a manifest), submits train -> sample shards -> evaluate as chained Ray tasks,
 and when the evaluation is back persists everything atomically, marks the generation DONE,
-appends to metrics.jsonl and submits the chain's next generation.
+appends to metrics.jsonl and submits the chain's next generation. Chains of a cheap family
+(mad/blocks.py) instead run in blocks: one task advances a block of chains through a slice of
+generations, and the driver persists the slice's generations the same way.
 """
 from __future__ import annotations
 
