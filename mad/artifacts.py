@@ -9,6 +9,9 @@ Layout::
     out/<chain>/gen_001/           manifest.json model.safetensors samples.npz preview.npz metrics.json DONE
     out/<chain>/FAILED.json        the chain stopped (it diverged); resume reports it instead of retrying
 
+(model.safetensors only where artifacts.keep_models keeps it, samples.npz and preview.npz only where
+artifacts.samples keeps them.)
+
 A file is written under a temporary name and moved into place with ``os.replace``;
 ``DONE`` is written last, so a generation directory without it is incomplete and is
 redone on resume. This is atomic against a killed process (the failure Ray and users
@@ -284,6 +287,11 @@ class RunDir:
     def failed_path(self, chain: str) -> Path:
         return self.root / chain / FAILED
 
+    def append_metrics_many(self, records: Iterable[dict]) -> None:
+        """Append several lines with one open (a slice of a chain block); readers see whole lines."""
+        with open(self.root / METRICS, "a") as f:
+            f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
     # --------------------------------------------------------------- generation level
     def gen_dir(self, chain: str, gen: int) -> Path:
         return self.root / chain / f"gen_{gen:03d}"
@@ -311,7 +319,7 @@ class RunDir:
         return sorted(gens)
 
     def write_generation(self, chain: str, gen: int, *, manifest: dict, state: Optional[dict],
-                         samples_x: np.ndarray, samples_y: Optional[np.ndarray], metrics: dict) -> None:
+                         samples_x: Optional[np.ndarray], samples_y: Optional[np.ndarray], metrics: dict) -> None:
         d = self.gen_dir(chain, gen)
         done = d / DONE
         if done.exists():  # a redo after a crash between writes: unmark first
@@ -320,9 +328,10 @@ class RunDir:
         files = {MANIFEST: _json_bytes(manifest)}
         if state is not None:
             files[MODEL] = _state_bytes(state)
-        files[SAMPLES] = _npz_bytes(x=samples_x, y=samples_y)
-        files[PREVIEW] = _npz_bytes(x=samples_x[:PREVIEW_SIZE],
-                                    y=None if samples_y is None else samples_y[:PREVIEW_SIZE])
+        if samples_x is not None:  # None: the run keeps no samples (artifacts.samples=none)
+            files[SAMPLES] = _npz_bytes(x=samples_x, y=samples_y)
+            files[PREVIEW] = _npz_bytes(x=samples_x[:PREVIEW_SIZE],
+                                        y=None if samples_y is None else samples_y[:PREVIEW_SIZE])
         files[GEN_METRICS] = _json_bytes(metrics)
         # Hashed from the bytes in memory (no re-read); DONE, written last, records them.
         for name, data in files.items():
@@ -384,21 +393,30 @@ class RunDir:
     def has_model(self, chain: str, gen: int) -> bool:
         return (self.gen_dir(chain, gen) / MODEL).is_file()
 
+    def drop_samples(self, chain: str, gen: int) -> None:
+        """Delete a generation's samples and preview (artifacts.samples=last keeps only the latest)."""
+        self._drop(chain, gen, SAMPLES, PREVIEW)
+
     def drop_model(self, chain: str, gen: int) -> None:
+        self._drop(chain, gen, MODEL)
+
+    def _drop(self, chain: str, gen: int, *names: str) -> None:
         d = self.gen_dir(chain, gen)
-        p = d / MODEL
-        if not p.exists():
+        present = [n for n in names if (d / n).exists()]
+        if not present:
             return
         # The DONE record first: a crash in between leaves an unlisted file, never a listed missing one.
         try:
             record = json.loads((d / DONE).read_text() or "{}")
         except (OSError, ValueError):
             record = {}
-        if isinstance(record.get("files"), dict) and MODEL in record["files"]:
-            del record["files"][MODEL]
+        listed = record.get("files")
+        if isinstance(listed, dict) and any(n in listed for n in present):
+            for n in present:
+                listed.pop(n, None)
             write_json(d / DONE, record)
-        p.unlink()
-
+        for n in present:
+            (d / n).unlink()
 
 def verify_run(root: str | os.PathLike) -> tuple[list[str], str]:
     """Check a whole run directory as resume does: (one line per problem, a summary line).

@@ -96,6 +96,17 @@ class Band(str, Enum):
     median_iqr = "median_iqr"
 
 
+class KeepSamples(str, Enum):
+    all = "all"  # samples.npz and preview.npz of every generation
+    last = "last"  # only the latest generation's (what resume needs); earlier ones are deleted
+    none = "none"  # none; resume redraws the last synthetic set from the saved model and its seed
+
+
+# Families whose saved state redraws a generation's samples exactly (same derived seed), so a run
+# that keeps no samples (artifacts.samples=none) can still resume.
+REDRAWABLE_FAMILIES = frozenset({Family.gaussian})
+
+
 # ----------------------------------------------------------------------------- schema
 @dataclass
 class DataConfig:
@@ -166,6 +177,9 @@ class MetricsConfig:
     k: int = 5  # k-NN for precision/recall/density/coverage (MAD: 5)
     cache_dir: str = ".cache/mad"  # classifier weights and reference statistics
     classifier_epochs: int = 30
+    # Sample-based metrics (FID, PRDC, class metrics) every k-th generation and at the last one;
+    # 0 = never. Closed-form metrics (the Gaussian's w2) are computed every generation regardless.
+    every: int = 1
 
 
 @dataclass
@@ -181,6 +195,10 @@ class ResourcesConfig:
     # Compute a generation whose inputs are identical across chains (generation 1 of chains that differ
     # only in loop kind, say) once and share it; the records are the same either way.
     share_identical: bool = True
+    # Cheap families (mad/models: CHEAP = True) run blocks of chains in one task: null = sized
+    # automatically (chains / CPUs, capped), an int = chains per block, 0 = one task per stage as for
+    # every other family.
+    block_size: Optional[int] = None
 
 
 @dataclass
@@ -193,6 +211,7 @@ class RayConfig:
 @dataclass
 class ArtifactsConfig:
     keep_models: KeepModels = KeepModels.all
+    samples: KeepSamples = KeepSamples.all
 
 
 @dataclass
@@ -792,6 +811,16 @@ def _validate_one(cfg: Config) -> None:
     pb = cfg.report.phase.baseline_bias
     if pb is not None and not (0.0 < pb <= 1.0):
         raise ConfigError("report.phase.baseline_bias", f"must be in (0, 1] or null, got {pb}")
+    if cfg.resources.block_size is not None and cfg.resources.block_size < 0:
+        raise ConfigError("resources.block_size", f"must be null, 0 (no blocks) or positive, got {cfg.resources.block_size}")
+    if cfg.metrics.every < 0:
+        raise ConfigError("metrics.every", f"must be 0 (never) or positive, got {cfg.metrics.every}")
+    if cfg.artifacts.samples != KeepSamples.all and loop.synth_source != SynthSource.last:
+        raise ConfigError("artifacts.samples", f"{cfg.artifacts.samples.value} needs loop.synth_source=last "
+                          f"({loop.synth_source.value} reads earlier synthetic sets again)")
+    if cfg.artifacts.samples == KeepSamples.none and m.family not in REDRAWABLE_FAMILIES:
+        raise ConfigError("artifacts.samples", f"none needs a family whose saved state redraws its samples "
+                          f"exactly (gaussian), got {m.family.value}")
     if cfg.resources.max_retries < 0:
         raise ConfigError("resources.max_retries", "must be at least 0")
     # family / data compatibility

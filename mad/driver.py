@@ -4,7 +4,9 @@ Chains (one point of the sweep each) run concurrently as Ray work; within a chai
 generations run in order. Per generation the driver asks the loop policy for the next
 training set (a manifest), submits train -> sample shards -> evaluate as chained Ray tasks,
 and when the evaluation is back persists everything atomically, marks the generation DONE,
-appends to metrics.jsonl and submits the chain's next generation.
+appends to metrics.jsonl and submits the chain's next generation. Chains of a cheap family
+(mad/blocks.py) instead run in blocks: one task advances a block of chains through a slice of
+generations, and the driver persists the slice's generations the same way.
 
 The driver holds the run directory's lock for its whole life and, before resuming, checks the
 finished generations against their checksums (a corrupt one and the chain's later ones are
@@ -24,9 +26,9 @@ from typing import Any, Optional
 import numpy as np
 
 import loops
-from mad import artifacts, seeding
-from mad.config import (Config, DataName, Family, SynthSource, TrainInit, check_real_pool, config_to_dict,
-                        resolved_counts, science_dict, science_of_yaml, to_yaml)
+from mad import artifacts, blocks, seeding
+from mad.config import (Config, DataName, TrainInit, check_real_pool, config_to_dict, science_dict,
+                        science_of_yaml, to_yaml)
 from mad.divergence import DivergedError
 from mad.plan import Chain, plan_chains
 from mad.progress import console_print
@@ -45,6 +47,8 @@ class StageFailed(RuntimeError):
         self.traceback_path = traceback_path
         super().__init__(f"chain {chain}, generation {gen}, {stage} failed: {summary} "
                          f"(full traceback: {traceback_path})")
+
+REPORT_COST_FACTOR = 20  # the live report's rewrites take at most ~1/20 of the run's time
 
 
 @dataclass
@@ -113,15 +117,18 @@ def real_seen_frac(cfg: Config, gen: int, pool_size: int) -> Optional[float]:
     return seen_fraction(pool_size, cfg.seed, earlier, (now.stream, now.start, now.n))
 
 
-def _needed_synth_gens(cfg: Config, next_gen: int) -> list[int]:
-    """Earlier synthetic sets that generation ``next_gen`` or later can still use."""
-    last = next_gen - 1
-    if last < 1:
-        return []
-    if cfg.loop.synth_source == SynthSource.accumulate:
-        return list(range(1, last + 1))
-    k = cfg.loop.last_k if cfg.loop.synth_source == SynthSource.last_k else 1
-    return list(range(max(1, last - k + 1), last + 1))
+_needed_synth_gens = blocks.needed_synth_gens
+
+
+@dataclass
+class Block:
+    """A block of chains of a cheap family, run a slice of generations per task (see mad/blocks.py)."""
+
+    runs: list[ChainRun]
+    data_key: str
+    carry: Any  # list of blocks.BlockChain, or the object ref of the previous slice's carried state
+    keep_samples: bool
+    started: float = 0.0
 
 
 def _check_data_fits(cfg: Config, pool) -> None:
@@ -146,12 +153,17 @@ class Driver:
         self.tracker = None
         self.t_start = time.time()
         self.gens_this_session = 0
+        self._total_gens = sum(c.cfg.loop.generations for c in self.chains)
+        self._chain_gen_s: Optional[float] = None  # measured seconds per chain-generation in blocks
         self._report_written = 0.0
         self._shared: dict[str, tuple] = {}  # share key -> (gen, state, shards, metrics) object refs
         self._shared_on_disk: dict[str, tuple[str, int]] = {}  # share key -> a finished (chain, gen) holding it
+        self._report_every = REPORT_EVERY_S
+        self._live = None  # mad.report.LiveRun: incremental reading for the live report
+        self._logged_this_session: set[tuple[str, int]] = set()
         # Step-level bars only for models slow enough to need them (a Gaussian generation takes ms).
         # Bars redraw in place on a terminal; in a log file they would only pile up lines.
-        self._bars = not self.quiet and cfg.model.family != Family.gaussian and sys.stdout.isatty()
+        self._bars = not self.quiet and not blocks.is_cheap(cfg.model.family) and sys.stdout.isatty()
         self._to_cache: dict[Any, str] = {}  # reference ref -> cache_dir of a classifier still to cache
 
     # ------------------------------------------------------------------ setup
@@ -276,22 +288,50 @@ class Driver:
                 ref_x, ref_y = ref_sets[r.data_key]
                 self.references[mkey] = self._submit_reference(stages, ref_x, ref_y, pool, pool_ref, c.metrics)
             r.reference = self.references[mkey]
-            self._restore(r, remote)
+            if not self._runs_in_blocks(c):  # a block's chains are restored into its carried state
+                self._restore(r, remote)
 
-        # Chains that share a stage share its object refs, so one ref can finish several chains.
-        pending: dict[Any, list[Submitted]] = {}
+        # ref -> the chain-generations waiting on it (chains that share a stage share its refs), or a
+        # Block waiting on a slice of generations
+        pending: dict[Any, Any] = {}
+        in_blocks = [r for r in todo if self._runs_in_blocks(r.chain.cfg)]
         for r in todo:
-            sub, ref = self._submit(r, stages, remote)
-            pending.setdefault(ref, []).append(sub)
+            if not self._runs_in_blocks(r.chain.cfg):
+                sub, ref = self._submit(r, stages, remote)
+                pending.setdefault(ref, []).append(sub)
+        idle = self._plan_blocks(in_blocks)
+        max_blocks = remote.cluster_cpus()  # one block in flight per CPU; Ray spreads them over nodes
+
+        def fill_blocks() -> None:
+            while idle and sum(isinstance(v, Block) for v in pending.values()) < max_blocks:
+                block = idle.pop(0)
+                pending[self._submit_block(block, stages, remote)] = block
+
+        fill_blocks()
         while pending:
             ready, _ = remote.wait(list(pending), num_returns=1)
-            subs = pending.pop(ready[0])
+            item = pending.pop(ready[0])
+            if isinstance(item, Block):
+                try:
+                    results = remote.get(ready[0])
+                except remote.TaskFailure as err:
+                    self._block_failed(item, err)
+                    continue
+                by_name = {r.chain.name: r for r in item.runs}
+                for res in results:
+                    by_name[res.name].next_gen = res.gen + 1
+                if not all(r.finished for r in item.runs):
+                    idle.append(item)
+                fill_blocks()  # the next slice runs while this one is written
+                self._persist_block(item, results)
+                continue
+            subs = item
             try:
                 metrics = remote.get(ready[0])
             except remote.TaskFailure as err:
                 if isinstance(err.cause, DivergedError):
                     for sub in subs:  # chains sharing a diverged stage all fail with it
-                        self._fail_chain(sub, err.cause)
+                        self._fail_chain(sub.run.chain.name, sub.gen, err.cause)
                     continue
                 raise self._stage_failed(subs[0], ready[0], err, remote) from None
             self._cache_classifiers(remote)
@@ -308,10 +348,9 @@ class Driver:
         self._report_failed()
         return self.run_dir
 
-    def _fail_chain(self, sub: Submitted, err: DivergedError) -> None:
+    def _fail_chain(self, name: str, gen: int, err: DivergedError) -> None:
         """Stop a chain whose generation diverged: one line, and FAILED.json so resume reports it again."""
-        name = sub.run.chain.name
-        info = {"chain": name, "gen": sub.gen, "what": err.what, "key": err.key, "time": round(time.time(), 3)}
+        info = {"chain": name, "gen": gen, "what": err.what, "key": err.key, "time": round(time.time(), 3)}
         path = self.run_dir.write_failed(name, info)
         self.failed[name] = info
         print(f"mad: error: [{name}] {_failure_line(info)}; chain stopped, other chains carry on "
@@ -358,6 +397,23 @@ class Driver:
                                    f"{getattr(failure, 'details', str(failure))}\n")
         return StageFailed(chain, sub.gen, stage, getattr(failure, "summary", str(failure)), path)
 
+    def _block_failed(self, block: "Block", err: Exception) -> None:
+        """A block's task raised. Divergence stops every chain of the block (the block cannot tell which
+        chain's generation it was); anything else stops the run with one line, traceback in RUN_DIR/errors."""
+        active = [r for r in block.runs if not r.finished]
+        gen = min((r.next_gen for r in active), default=0)
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, DivergedError):
+            for r in active:
+                self._fail_chain(r.chain.name, r.next_gen, cause)
+            return
+        chain = block.runs[0].chain.name
+        path = self.run_dir.root / ERRORS_DIR / f"{chain}-gen{gen:03d}-block.txt"
+        artifacts.write_text(path, f"block of {len(block.runs)} chains: {', '.join(r.chain.name for r in block.runs)}\n"
+                                   f"generation: {gen}\nstage: block\n\n{getattr(err, 'details', str(err))}\n")
+        raise StageFailed(f"{chain} (and the {len(block.runs) - 1} other chains of its block)", gen, "block",
+                          getattr(err, "summary", str(err)), path)
+
     def _submit_reference(self, stages, ref_x, ref_y, pool, pool_ref, metrics) -> Any:
         """The reference task, given the cached classifier when the driver's cache holds it; a newly
         trained one comes back inside the reference and the driver caches it (tasks never write)."""
@@ -389,7 +445,10 @@ class Driver:
         name, cfg = r.chain.name, r.chain.cfg
         for g in _needed_synth_gens(cfg, r.next_gen):
             size = self.records[(name, g)]["synth_size"]
-            x, y = self.run_dir.read_samples(name, g)
+            if self.run_dir.has_samples(name, g):
+                x, y = self.run_dir.read_samples(name, g)
+            else:  # artifacts.samples=none: redraw them from the saved model (a cheap family)
+                x, y = blocks.redraw_synth(self.run_dir.read_model(name, g), self.pools[r.data_key][0], cfg, g)
             r.synth[g] = [remote.put((x[:size], None if y is None else y[:size]))]
             r.synth_sizes[g] = size
         if cfg.train.init == TrainInit.previous and r.next_gen > 1:
@@ -419,10 +478,8 @@ class Driver:
         manifest = loops.next_training_set(cfg.loop.kind, gen, dict(r.synth_sizes), cfg.loop,
                                            seeding.rng(seed, gen, seeding.LOOP))
         pool, pool_ref = self.pools[r.data_key]
-        _, n_synth = resolved_counts(cfg.loop)
-        n_keep = n_synth if gen < cfg.loop.generations else 0
-        n_sample = max(n_keep, cfg.metrics.n_eval)
-        class_probs = pool.class_histogram() if cfg.sample.class_balance.value == "real" else None
+        n_sample = blocks.n_samples(cfg, gen)
+        class_probs = blocks.class_probs(pool, cfg)
         key = share_key(cfg, manifest, n_sample, class_probs) if self.cfg.resources.share_identical else None
         if key is not None and key not in self._shared and key in self._shared_on_disk:
             self._shared[key] = self._read_back(*self._shared_on_disk[key], remote) or self._shared.get(key)
@@ -444,47 +501,92 @@ class Driver:
         ]
         metrics = stages.evaluate.remote(r.reference, state, cfg.metrics.n_eval, cfg.metrics, cfg.model.family,
                                          cfg.sample.bias, self.moments[r.data_key],
-                                         cfg.data.name == DataName.gaussian, *shards)
+                                         cfg.data.name == DataName.gaussian, *shards,
+                                         score_samples=blocks.scores_samples(cfg, gen))
         if key is not None:
             self._shared[key] = (gen, state, shards, metrics)
         return Submitted(r, gen, manifest, state, shards, time.time(), key), metrics
 
+    # ------------------------------------------------------------------ blocks of cheap chains
+    def _runs_in_blocks(self, cfg: Config) -> bool:
+        return cfg.resources.block_size != 0 and blocks.is_cheap(cfg.model.family)
+
+    def _plan_blocks(self, runs: list[ChainRun]) -> list[Block]:
+        """Blocks of chains that share real data, metric reference and what they keep of samples."""
+        from mad import remote
+
+        groups: dict[tuple, list[ChainRun]] = {}
+        for r in runs:
+            c = r.chain.cfg
+            key = (r.data_key, json.dumps(config_to_dict(c.metrics), sort_keys=True), c.artifacts.samples.value)
+            groups.setdefault(key, []).append(r)
+        cpus = remote.cluster_cpus() if runs else 1
+        out = []
+        for (data_key, _, keep), group in groups.items():
+            by_name = {r.chain.name: r for r in group}
+            for names in blocks.plan_blocks(list(by_name), self.cfg.resources.block_size, cpus):
+                members = [by_name[n] for n in names]
+                carry = [self._block_chain(r) for r in members]
+                out.append(Block(members, data_key, carry, keep != "none"))
+        return out
+
+    def _block_chain(self, r: ChainRun) -> blocks.BlockChain:
+        """A chain's carried state for a block, from disk when resuming (samples, or models to redraw them)."""
+        name, cfg = r.chain.name, r.chain.cfg
+        bc = blocks.BlockChain(name, cfg, r.next_gen)
+        for g in _needed_synth_gens(cfg, r.next_gen):
+            size = self.records[(name, g)]["synth_size"]
+            if self.run_dir.has_samples(name, g):
+                x, y = self.run_dir.read_samples(name, g)
+                bc.synth[g] = (x[:size], None if y is None else y[:size])
+            else:  # artifacts.samples=none: the block redraws them from the saved model
+                bc.redraw[g] = self.run_dir.read_model(name, g)
+            bc.synth_sizes[g] = size
+        if cfg.train.init == TrainInit.previous and r.next_gen > 1:
+            bc.prev_state = self.run_dir.read_model(name, r.next_gen - 1)
+        return bc
+
+    def _submit_block(self, block: Block, stages, remote) -> Any:
+        active = [r for r in block.runs if not r.finished]
+        max_gens = max(r.chain.cfg.loop.generations - r.next_gen + 1 for r in active)
+        n_gens = blocks.slice_generations(self._chain_gen_s, len(active), max_gens)
+        pool_ref = self.pools[block.data_key][1]
+        c = active[0].chain.cfg
+        results, carry = stages.run_block.remote(block.carry, pool_ref, active[0].reference,
+                                                 self.moments[block.data_key], c.data.name == DataName.gaussian,
+                                                 n_gens, block.keep_samples)
+        block.carry = carry  # the next slice starts from this one's end, without a trip through the driver
+        block.started = time.time()
+        return results
+
+    def _persist_block(self, block: Block, results: list) -> None:
+        by_name = {r.chain.name: r for r in block.runs}
+        if results:
+            cost = sum(res.wall_s for res in results) / len(results)
+            self._chain_gen_s = cost if self._chain_gen_s is None else 0.5 * (self._chain_gen_s + cost)
+        written = []
+        for res in results:
+            x, y = res.samples if res.samples is not None else (None, None)
+            written.append((self._write(by_name[res.name].chain, res.gen, res.manifest, res.state, x, y,
+                                        res.metrics, res.wall_s, append=False), x))
+        self.run_dir.append_metrics_many(rec for rec, _ in written)
+        for rec, x in written:  # dashboards read metrics.jsonl: after the lines are there
+            self._after_generation(rec, x)
+        if results:
+            gens = sorted({res.gen for res in results})
+            self._log(f"[block of {len(block.runs)} chains: {block.runs[0].chain.name} ...] gen {gens[0]}-{gens[-1]} "
+                      f"done ({len(results)} chain-generations, {time.time() - block.started:.1f}s; "
+                      f"{len(self.records)}/{self._total_gens} in all, elapsed {time.time() - self.t_start:.0f}s)")
+
     def _persist(self, sub: Submitted, metrics: dict, remote) -> None:
         r, gen, cfg = sub.run, sub.gen, sub.run.chain.cfg
-        name = r.chain.name
         state = remote.get(sub.state)
         from mad.tasks import concat_shards
 
         x, y = concat_shards(remote.get(sub.shards))
-        _, n_synth = resolved_counts(cfg.loop)
-        synth_size = n_synth if gen < cfg.loop.generations else 0
-        pool = self.pools[r.data_key][0]
-        seen = None if pool.size is None else real_seen_frac(cfg, gen, pool.size)
-        record = {
-            "chain": name,
-            "loop": cfg.loop.kind.value,
-            "seed": cfg.seed,
-            "bias": cfg.sample.bias,
-            "gen": gen,
-            "n_real": sub.manifest.n_real,
-            "n_synth": sub.manifest.n_synth,
-            "synth_size": synth_size,
-            **({} if seen is None else {"real_seen_frac": seen}),
-            "wall_s": round(time.time() - sub.started, 4),
-            "time": round(time.time(), 3),
-            **{k: getattr(v, "value", v) for k, v in r.chain.assignment.items()},
-            **metrics,
-        }
-        manifest = sub.manifest.to_json()
-        if sub.share_key:
-            manifest.update(share_key=sub.share_key, metric_keys=sorted(metrics))
-        self.run_dir.write_generation(name, gen, manifest=manifest, state=state,
-                                      samples_x=x, samples_y=y, metrics=record)
-        if cfg.artifacts.keep_models.value == "last" and gen > 1:
-            self.run_dir.drop_model(name, gen - 1)
-        self.run_dir.append_metrics(record)
-        self.records[(name, gen)] = record
-        self.gens_this_session += 1
+        record = self._write(r.chain, gen, sub.manifest, state, x, y, metrics, round(time.time() - sub.started, 4),
+                             share_key=sub.share_key)
+        synth_size = record["synth_size"]
 
         # Keep only the synthetic sets later generations can use; dropping the refs frees Ray's store.
         if synth_size:
@@ -499,9 +601,49 @@ class Driver:
         self._print_generation(record, cfg)
         self._after_generation(record, x)
 
+    def _write(self, chain: Chain, gen: int, manifest: loops.Manifest, state: dict, x: Optional[np.ndarray],
+               y: Optional[np.ndarray], metrics: dict, wall_s: float, append: bool = True,
+               share_key: Optional[str] = None) -> dict:
+        """Persist one finished generation (both paths): its files, DONE, and (``append``) its
+        metrics.jsonl line. A block appends a slice's lines at once: a crash between a DONE and its
+        line is harmless, as metrics.jsonl is rebuilt from the DONE generations on resume."""
+        cfg, name = chain.cfg, chain.name
+        pool_size = self.pools[_data_key(cfg)][0].size
+        seen = None if pool_size is None else real_seen_frac(cfg, gen, pool_size)
+        record = {
+            "chain": name,
+            "loop": cfg.loop.kind.value,
+            "seed": cfg.seed,
+            "bias": cfg.sample.bias,
+            "gen": gen,
+            "n_real": manifest.n_real,
+            "n_synth": manifest.n_synth,
+            "synth_size": blocks.synth_size(cfg, gen),
+            **({} if seen is None else {"real_seen_frac": seen}),
+            "wall_s": wall_s,
+            "time": round(time.time(), 3),
+            **{k: getattr(v, "value", v) for k, v in chain.assignment.items()},
+            **metrics,
+        }
+        keep_samples = cfg.artifacts.samples.value
+        manifest_json = manifest.to_json()
+        if share_key:  # lets a resume read this shared generation back for the chains still missing it
+            manifest_json.update(share_key=share_key, metric_keys=sorted(metrics))
+        self.run_dir.write_generation(name, gen, manifest=manifest_json, state=state,
+                                      samples_x=None if keep_samples == "none" else x, samples_y=y, metrics=record)
+        if cfg.artifacts.keep_models.value == "last" and gen > 1:
+            self.run_dir.drop_model(name, gen - 1)
+        if keep_samples == "last" and gen > 1:
+            self.run_dir.drop_samples(name, gen - 1)
+        if append:
+            self.run_dir.append_metrics(record)
+        self.records[(name, gen)] = record
+        self._logged_this_session.add((name, gen))
+        self.gens_this_session += 1
+        return record
+
     def _print_generation(self, rec: dict, cfg: Config) -> None:
-        total = sum(c.cfg.loop.generations for c in self.chains)
-        left = total - len(self.records)
+        left = self._total_gens - len(self.records)
         elapsed = time.time() - self.t_start
         eta = elapsed / max(1, self.gens_this_session) * left
         from mad.report import TABLE_METRICS
@@ -517,20 +659,32 @@ class Driver:
         console table of every chain and generation."""
         if record is not None and self.cfg.report.tensorboard:
             if self.tracker is None:
-                from mad.tracking import TensorBoardTracker
+                from mad import tracking
 
-                self.tracker = TensorBoardTracker(self.run_dir.root)
+                if len(self.chains) > tracking.MAX_CHAIN_RUNS:  # summaries per group: see mad/tracking.py
+                    earlier = [rec for key, rec in self.records.items() if key not in self._logged_this_session]
+                    self.tracker = tracking.GroupSummaryTracker(self.run_dir.root,
+                                                                [c.describe() for c in self.chains], earlier)
+                else:
+                    self.tracker = tracking.TensorBoardTracker(self.run_dir.root)
             self.tracker.log_generation(record["chain"], record["gen"], record,
                                         None if x is None else x[:artifacts.PREVIEW_SIZE])
-        # The page embeds plotly (~5 MB): rewrite it at most every few seconds, and once at the end.
+        # The page embeds plotly (~5 MB) and grows with the run: rewrite it at most every
+        # REPORT_EVERY_S, or REPORT_COST_FACTOR times as long as its last rewrite took, so that it
+        # costs at most a small share of the run however large the run grows; and once at the end.
         now = time.time()
-        html_due = self.cfg.report.html and (final or now - self._report_written >= REPORT_EVERY_S)
+        html_due = self.cfg.report.html and (final or now - self._report_written >= self._report_every)
         table_due = final and not self.quiet
         if html_due or table_due:
-            from mad.report import load_run, text_table, write_run_report
+            from mad.report import LiveRun, load_run, text_table, write_run_report
 
             try:  # one read of the run directory serves both
-                run = load_run(self.run_dir.root)
+                if final:
+                    run = load_run(self.run_dir.root)
+                else:
+                    if self._live is None:
+                        self._live = LiveRun(self.run_dir.root)
+                    run = self._live.load()  # only the lines appended since the last rewrite
                 if html_due:
                     write_run_report(run)
                 if table_due:
@@ -538,7 +692,8 @@ class Driver:
             except Exception as err:  # a dashboard bug must not kill a days-long run
                 print(f"mad: warning: report not written: {err}", file=sys.stderr)
             if html_due:
-                self._report_written = now
+                self._report_written = time.time()
+                self._report_every = max(REPORT_EVERY_S, REPORT_COST_FACTOR * (self._report_written - now))
         if final and self.tracker is not None:
             self.tracker.close()
             self.tracker = None

@@ -226,10 +226,17 @@ def _sample(state, n, shard, pool_shape, num_classes, class_probs, seed, gen, fa
 
 
 @ray.remote
-def _evaluate(reference, state, n_eval, metrics, family, bias, real_moments, real_is_gaussian, *shards):
+def _evaluate(reference, state, n_eval, metrics, family, bias, real_moments, real_is_gaussian, *shards,
+              score_samples=True):
     device = _use_assigned_resources()
     return tasks.evaluate_generation(reference, state, shards, n_eval, metrics, family, bias, real_moments,
-                                     real_is_gaussian, device=device)
+                                     real_is_gaussian, device=device, score_samples=score_samples)
+
+
+@ray.remote(num_returns=2)
+def _run_block(chains, pool, reference, moments, real_is_gaussian, n_gens, keep_samples):
+    device = _use_assigned_resources()
+    return tasks.run_block(chains, pool, reference, moments, real_is_gaussian, n_gens, keep_samples, device=device)
 
 
 @ray.remote
@@ -246,6 +253,8 @@ class Stages:
         self.train = _TrainStage(res)
         self.sample = _sample.options(num_cpus=res.sample_cpus, num_gpus=res.sample_gpus, **retry)
         self.evaluate = _evaluate.options(num_cpus=res.eval_cpus, num_gpus=res.eval_gpus, **retry)
+        # A block trains, samples and evaluates: it asks for what training asks for.
+        self.run_block = _run_block.options(num_cpus=res.train_cpus, num_gpus=res.train_gpus, **retry)
         self.prepare_reference = _prepare_reference.options(num_cpus=res.eval_cpus, num_gpus=res.eval_gpus,
                                                             **retry)
 
@@ -258,6 +267,11 @@ def task_error_cause(err: BaseException) -> BaseException:
     while isinstance(err, ray.exceptions.RayTaskError) and err.cause is not None and err.cause is not err:
         err = err.cause
     return err
+
+
+def cluster_cpus() -> int:
+    """CPUs of the whole cluster (at least 1): how many blocks of chains to keep in flight."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 put = ray.put

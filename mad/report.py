@@ -241,6 +241,64 @@ def load_run(run_dir: str | Path) -> RunData:
                    metrics=_order_metrics(metric_keys), sweep={k: list(v) for k, v in sweep.items()})
 
 
+class LiveRun:
+    """``load_run`` for a run that is still growing, at a cost that does not grow with it: config.yaml,
+    chains.json and the DONE markers are read once, then each ``load()`` parses only the lines appended
+    to metrics.jsonl since the last one. The driver appends a line only after its generation is DONE,
+    so an appended line is a finished generation. A metrics.jsonl that shrank (rewritten on resume)
+    is read again from scratch.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self._run: Optional[RunData] = None
+        self._offset = 0
+        self._metric_keys: set[str] = set()
+
+    def load(self) -> RunData:
+        path = self.run_dir / METRICS
+        size = path.stat().st_size if path.is_file() else 0
+        if self._run is None or size < self._offset:
+            self._run = load_run(self.run_dir)
+            self._metric_keys = set(self._run.metrics)
+            # everything up to the last whole line has been read by load_run
+            self._offset = self._whole_lines_end(path, 0, size)
+            return self._run
+        run = self._run
+        with open(path, "rb") as f:
+            f.seek(self._offset)
+            chunk = f.read(size - self._offset)
+        end = chunk.rfind(b"\n") + 1  # a torn last line waits for the next load
+        self._offset += end
+        by_name = {c.name: c for c in run.chains}
+        for line in chunk[:end].decode().splitlines():
+            try:
+                rec = json.loads(line)
+                key = (str(rec["chain"]), int(rec["gen"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+            chain = by_name.get(key[0])
+            if chain is None:
+                continue
+            run.rows[key] = rec
+            if key[1] not in chain.done:
+                chain.done.append(key[1])
+                chain.done.sort()
+            self._metric_keys.update(k for k, v in rec.items()
+                                     if k not in NON_METRIC_KEYS and "." not in k and _finite(v) is not None)
+        run.metrics = _order_metrics(self._metric_keys)
+        return run
+
+    @staticmethod
+    def _whole_lines_end(path: Path, start: int, size: int) -> int:
+        if not path.is_file():
+            return 0
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = f.read(size - start)
+        return start + data.rfind(b"\n") + 1
+
+
 # ============================================================================ 2. figures
 @dataclass
 class Group:

@@ -94,11 +94,14 @@ def sample_shard(state: dict, n: int, shard: int, pool_shape: tuple, num_classes
 def evaluate_generation(reference, state: dict, shards: Sequence[Shard], n_eval: int,
                         metrics: MetricsConfig, family: Family, bias: float,
                         real_moments: Optional[tuple], real_is_gaussian: bool,
-                        device: Optional[str] = None) -> dict[str, Optional[float]]:
+                        device: Optional[str] = None, score_samples: bool = True) -> dict[str, Optional[float]]:
+    """The generation's metrics; ``score_samples=False`` (see ``metrics.every``) keeps only the closed-form ones."""
     from mad.metrics import evaluate
 
-    x, y = concat_shards(shards)
-    out = dict(evaluate(reference, x[:n_eval], None if y is None else y[:n_eval], metrics))
+    out = {}
+    if score_samples:
+        x, y = concat_shards(shards)
+        out.update(evaluate(reference, x[:n_eval], None if y is None else y[:n_eval], metrics))
     if family == Family.gaussian and real_moments is not None:
         from mad.models.gaussian import closed_form_metrics
 
@@ -123,3 +126,11 @@ def cached_classifier(pool: RealPool, metrics: MetricsConfig) -> Optional[dict]:
 
     return cached_classifier_state(pool.x, pool.y, pool.num_classes or None, metrics.cache_dir,
                                    epochs=metrics.classifier_epochs)
+
+
+def run_block(chains: list, pool: RealPool, reference, moments: Optional[tuple], real_is_gaussian: bool,
+              n_gens: int, keep_samples: bool, device: Optional[str] = None) -> tuple[list, list]:
+    """A block of chains of a cheap family through ``n_gens`` generations in one task (see ``mad.blocks``)."""
+    from mad import blocks
+
+    return blocks.run_block(chains, pool, reference, moments, real_is_gaussian, n_gens, keep_samples, device)

@@ -3,6 +3,12 @@ runs and overlays them on one chart per metric (tag = metric name, step = genera
 
     RUN_DIR/tensorboard/<chain>/events.out.tfevents...
 
+Runs of more than ``MAX_CHAIN_RUNS`` chains (a sweep over thousands of seeds) log summaries instead:
+:class:`GroupSummaryTracker` writes one TensorBoard run per group of chains that differ only in seed,
+with each metric's mean and standard deviation over the group's chains at each generation, and no
+sample images. Thousands of overlaid curves would be unreadable, and one writer and one scatter plot
+per chain and generation would cost more than a Gaussian generation itself.
+
 Resume: each chain's writer is opened on its first logged generation with ``purge_step`` set to
 that generation, so TensorBoard drops whatever an interrupted earlier session logged at that step
 or later; re-logging a generation therefore replaces it instead of drawing it twice.
@@ -25,11 +31,25 @@ _SKIP = NON_METRIC_KEYS - {"wall_s"}
 
 SAMPLES_TAG = "samples"
 MIN_IMAGE_PX = 256
+MAX_CHAIN_RUNS = 64  # more chains than this: one TensorBoard run per group (GroupSummaryTracker)
 
 
 def chain_log_dir(run_dir: str | Path, chain: str) -> Path:
     """Where a chain's events go; path separators in a chain name must not create sub-runs."""
     return Path(run_dir) / "tensorboard" / re.sub(r"[\\/]+", "_", chain)
+
+
+def _scalars(record: dict) -> dict[str, float]:
+    """The charted fields of a record: finite numbers that are not bookkeeping (``wall_s`` is kept)."""
+    out = {}
+    for key, value in record.items():
+        if key in _SKIP or "." in key:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+            continue  # names and flags are not scalars
+        if math.isfinite(float(value)):
+            out[key] = float(value)
+    return out
 
 
 class TensorBoardTracker:
@@ -63,13 +83,8 @@ class TensorBoardTracker:
         n_real, time, dotted sweep keys, ...) are skipped; ``wall_s`` is kept.
         """
         writer = self._writer(chain, gen)
-        for key, value in metrics.items():
-            if key in _SKIP or "." in key:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-                continue  # names and flags are not scalars
-            if math.isfinite(float(value)):
-                writer.add_scalar(key, float(value), global_step=gen)
+        for key, value in _scalars(metrics).items():
+            writer.add_scalar(key, value, global_step=gen)
         if preview_x is not None and len(preview_x):
             writer.add_image(SAMPLES_TAG, self._sample_image(preview_x, f"{chain} gen {gen}"), global_step=gen,
                              dataformats="HWC")
@@ -95,6 +110,76 @@ class TensorBoardTracker:
         self._writers.clear()
 
     def __enter__(self) -> "TensorBoardTracker":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+ALL_CHAINS = "all_chains"
+
+
+class GroupSummaryTracker:
+    """TensorBoard for runs of many chains: per group of chains that differ only in seed, and per
+    generation once every chain of the group has finished it, tag ``metric`` (the mean over the
+    group's chains) and ``metric_std``. Same interface as :class:`TensorBoardTracker`.
+
+    ``chains`` are the entries of chains.json (name, assignment, generations); ``done`` the records of
+    generations finished before this session (a resumed run), which count towards their groups
+    without being logged again.
+    """
+
+    def __init__(self, run_dir: str | Path, chains: list[dict], done: list[dict] = ()) -> None:
+        self.run_dir = Path(run_dir)
+        labels = {c["name"]: ",".join(f"{k}={v}" for k, v in c.get("assignment", {}).items() if k != "seed")
+                  or ALL_CHAINS for c in chains}
+        if len(set(labels.values())) > MAX_CHAIN_RUNS:  # as unreadable as one run per chain: one summary
+            labels = {name: ALL_CHAINS for name in labels}
+        self._group = labels
+        self._expected: dict[tuple[str, int], int] = {}
+        for c in chains:
+            for gen in range(1, int(c["generations"]) + 1):
+                key = (labels[c["name"]], gen)
+                self._expected[key] = self._expected.get(key, 0) + 1
+        self._values: dict[tuple[str, int], list[dict[str, float]]] = {}
+        self._writers: dict[str, Any] = {}
+        (self.run_dir / "tensorboard").mkdir(parents=True, exist_ok=True)
+        for rec in done:
+            self._add(rec["chain"], int(rec["gen"]), rec)
+
+    def _add(self, chain: str, gen: int, record: dict) -> Optional[tuple[str, list[dict[str, float]]]]:
+        key = (self._group[chain], gen)
+        vals = self._values.setdefault(key, [])
+        vals.append(_scalars(record))
+        if len(vals) < self._expected[key]:
+            return None
+        del self._values[key]
+        return key[0], vals
+
+    def log_generation(self, chain: str, gen: int, metrics: dict[str, float],
+                       preview_x: Optional[np.ndarray] = None) -> None:
+        """Count a finished generation of ``chain``; log its group's summary when the group is complete."""
+        full = self._add(chain, gen, metrics)
+        if full is None:
+            return
+        group, vals = full
+        writer = self._writers.get(group)
+        if writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(log_dir=str(chain_log_dir(self.run_dir, group)), purge_step=gen, flush_secs=30)
+            self._writers[group] = writer
+        for tag in sorted({k for v in vals for k in v}):
+            xs = np.array([v[tag] for v in vals if tag in v])
+            writer.add_scalar(tag, float(xs.mean()), global_step=gen)
+            writer.add_scalar(f"{tag}_std", float(xs.std()), global_step=gen)
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+
+    def __enter__(self) -> "GroupSummaryTracker":
         return self
 
     def __exit__(self, *exc: Any) -> None:

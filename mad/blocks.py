@@ -1,0 +1,183 @@
+"""Chain blocks: one task runs a block of chains of a cheap family through their generations in-process.
+
+A Gaussian generation costs milliseconds, while three Ray tasks per chain and generation cost tens of
+milliseconds of scheduling and copying. For a family that declares itself cheap (``CHEAP = True`` in its
+module under ``mad/models``), the driver hands a block of chains to one task, which advances them
+generation by generation for a *slice* of generations and returns every generation's result. The driver
+(the only writer) persists the slice and submits the next one with the block's carried state, so a
+killed block resumes from the last generation written.
+
+Every generation goes through the same functions as the one-task-per-stage path: the loop policy
+(``loops.next_training_set``), ``tasks.train_generation``, ``tasks.sample_shard`` per shard and
+``tasks.evaluate_generation``, with the same derived seeds; so the records are identical to running
+the chains one by one (tests/test_blocks.py compares them). No Ray here: ``mad.remote`` wraps
+``tasks.run_block``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+import loops
+from mad import seeding, tasks
+from mad.config import Config, Family, SynthSource, TrainInit, resolved_counts
+from mad.data import RealPool
+from mad.models import get_family
+
+MAX_BLOCK = 256  # chains per block when sized automatically: a slice of one generation stays short
+SLICE_S = 2.0  # target seconds of one slice: short enough to lose little when killed, long enough to amortise a task
+
+
+def is_cheap(family: Family) -> bool:
+    """Does the family declare that a generation costs milliseconds (``CHEAP = True`` on its module)?
+
+    Asking imports the family's module into the driver once (for diffusion: diffusers, seconds).
+    """
+    return bool(getattr(get_family(family), "CHEAP", False))
+
+
+def needed_synth_gens(cfg: Config, next_gen: int) -> list[int]:
+    """Earlier synthetic sets that generation ``next_gen`` or later can still use."""
+    last = next_gen - 1
+    if last < 1:
+        return []
+    if cfg.loop.synth_source == SynthSource.accumulate:
+        return list(range(1, last + 1))
+    k = cfg.loop.last_k if cfg.loop.synth_source == SynthSource.last_k else 1
+    return list(range(max(1, last - k + 1), last + 1))
+
+
+def scores_samples(cfg: Config, gen: int) -> bool:
+    """Are the sample-based metrics computed at ``gen``? Every k-th generation and the last (``metrics.every``)."""
+    every = cfg.metrics.every
+    return every > 0 and (gen % every == 0 or gen == cfg.loop.generations)
+
+
+def synth_size(cfg: Config, gen: int) -> int:
+    """Samples of generation ``gen`` that later generations train on (none after the last)."""
+    _, n_synth = resolved_counts(cfg.loop)
+    return n_synth if gen < cfg.loop.generations else 0
+
+
+def n_samples(cfg: Config, gen: int) -> int:
+    """Samples drawn at ``gen``: the synthetic set, and the metrics' n_eval when they are scored."""
+    return max(synth_size(cfg, gen), cfg.metrics.n_eval if scores_samples(cfg, gen) else 0)
+
+
+def class_probs(pool: RealPool, cfg: Config) -> Optional[np.ndarray]:
+    return pool.class_histogram() if cfg.sample.class_balance.value == "real" else None
+
+
+def sample_generation(state: dict, pool: RealPool, cfg: Config, gen: int, progress: bool = False,
+                      device: Optional[str] = None) -> list[tasks.Shard]:
+    """Every sample shard of a generation, in shard order (the shards the Ray path samples in parallel)."""
+    probs = class_probs(pool, cfg)
+    return [tasks.sample_shard(state, n, i, pool.sample_shape, pool.num_classes, probs, cfg.seed, gen,
+                               cfg.model.family, cfg.model, cfg.sample, progress=progress, device=device)
+            for i, n in enumerate(tasks.shard_sizes(n_samples(cfg, gen), cfg.resources.sample_shards))]
+
+
+def redraw_synth(state: dict, pool: RealPool, cfg: Config, gen: int) -> tasks.Shard:
+    """Generation ``gen``'s synthetic set redrawn from its saved model: the same shards and seeds as when
+    it was first drawn, so the same samples (used on resume when ``artifacts.samples=none``)."""
+    x, y = tasks.concat_shards(sample_generation(state, pool, cfg, gen))
+    size = synth_size(cfg, gen)
+    return x[:size], (None if y is None else y[:size])
+
+
+@dataclass
+class BlockChain:
+    """What a chain carries from one generation to the next inside a block."""
+
+    name: str
+    cfg: Config
+    next_gen: int
+    synth: dict[int, tasks.Shard] = field(default_factory=dict)  # gen -> its synthetic set (x, y)
+    synth_sizes: dict[int, int] = field(default_factory=dict)
+    prev_state: Optional[dict] = None  # previous generation's weights (train.init=previous)
+    redraw: dict[int, dict] = field(default_factory=dict)  # gen -> saved model whose samples must be redrawn
+
+    @property
+    def finished(self) -> bool:
+        return self.next_gen > self.cfg.loop.generations
+
+
+@dataclass
+class GenResult:
+    """One finished generation of one chain, as the driver persists it."""
+
+    name: str
+    gen: int
+    manifest: Any  # loops.Manifest
+    state: dict
+    samples: Optional[tasks.Shard]  # None when the run keeps no samples (artifacts.samples=none)
+    metrics: dict[str, float]
+    wall_s: float
+
+
+def run_generation(chain: BlockChain, pool: RealPool, reference: Any, moments: Optional[tuple],
+                   real_is_gaussian: bool, keep_samples: bool, device: Optional[str] = None) -> GenResult:
+    """Advance one chain by one generation, through the same functions and seeds as the Ray stages."""
+    t0 = time.time()
+    cfg, gen = chain.cfg, chain.next_gen
+    for g, state in sorted(chain.redraw.items()):
+        chain.synth[g] = redraw_synth(state, pool, cfg, g)
+    chain.redraw.clear()
+    manifest = loops.next_training_set(cfg.loop.kind, gen, dict(chain.synth_sizes), cfg.loop,
+                                       seeding.rng(cfg.seed, gen, seeding.LOOP))
+    synth_gens = [p.gen for p in manifest.synth]
+    init_state = chain.prev_state if cfg.train.init == TrainInit.previous else None
+    state = tasks.train_generation(pool, cfg.seed, gen, manifest.to_json(), synth_gens,
+                                   [[chain.synth[g]] for g in synth_gens], cfg.model.family, cfg.model,
+                                   cfg.train, init_state=init_state, device=device)
+    shards = sample_generation(state, pool, cfg, gen, device=device)
+    metrics = tasks.evaluate_generation(reference, state, shards, cfg.metrics.n_eval, cfg.metrics,
+                                        cfg.model.family, cfg.sample.bias, moments, real_is_gaussian,
+                                        device=device, score_samples=scores_samples(cfg, gen))
+    x, y = tasks.concat_shards(shards)
+    size = synth_size(cfg, gen)
+    if size:
+        chain.synth[gen] = (x[:size], None if y is None else y[:size])
+        chain.synth_sizes[gen] = size
+    chain.next_gen = gen + 1
+    keep = set(needed_synth_gens(cfg, chain.next_gen))
+    for g in [g for g in chain.synth if g not in keep]:
+        del chain.synth[g]
+    chain.prev_state = state if cfg.train.init == TrainInit.previous else None
+    return GenResult(chain.name, gen, manifest, state, (x, y) if keep_samples else None, metrics,
+                     round(time.time() - t0, 4))
+
+
+def run_block(chains: list[BlockChain], pool: RealPool, reference: Any, moments: Optional[tuple],
+              real_is_gaussian: bool, n_gens: int, keep_samples: bool, device: Optional[str] = None
+              ) -> tuple[list[GenResult], list[BlockChain]]:
+    """Advance every unfinished chain of the block by up to ``n_gens`` generations, generation by
+    generation across the chains. Returns the results in order and the chains' carried state."""
+    results = []
+    for _ in range(n_gens):
+        active = [c for c in chains if not c.finished]
+        if not active:
+            break
+        results += [run_generation(c, pool, reference, moments, real_is_gaussian, keep_samples, device)
+                    for c in active]
+    return results, chains
+
+
+def plan_blocks(names: list[str], block_size: Optional[int], cpus: int) -> list[list[str]]:
+    """Split chains into blocks: ``block_size`` each, or automatically at least one block per CPU
+    (so every CPU has a block in flight) and at most ``MAX_BLOCK`` chains per block."""
+    if not names:
+        return []
+    size = block_size or min(MAX_BLOCK, -(-len(names) // max(1, cpus)))
+    return [names[i:i + size] for i in range(0, len(names), size)]
+
+
+def slice_generations(seconds_per_chain_gen: Optional[float], n_chains: int, max_gens: int) -> int:
+    """Generations in the next slice of a block of ``n_chains``, from the measured cost: about
+    ``SLICE_S`` of work. The first slice (nothing measured yet) runs one generation."""
+    if not seconds_per_chain_gen:
+        return 1
+    return int(max(1, min(max_gens, SLICE_S / (seconds_per_chain_gen * max(1, n_chains)))))
