@@ -40,9 +40,23 @@ class DataName(str, Enum):
     folder = "folder"
 
 
-class Family(str, Enum):
-    gaussian = "gaussian"
-    diffusion = "diffusion"
+class _FamilyName(str):
+    """A built-in family's name: a plain string that also has ``.value``, as when Family was an Enum."""
+
+    @property
+    def value(self) -> str:
+        return str(self)
+
+
+class Family:
+    """Names of the built-in families. ``model.family`` is a string checked against the registry
+    (``mad.models.registry``) at load time, so families from other packages are accepted too."""
+
+    gaussian = _FamilyName("gaussian")
+    diffusion = _FamilyName("diffusion")
+    gmm = _FamilyName("gmm")
+    kde = _FamilyName("kde")
+    mlp_diffusion = _FamilyName("mlp_diffusion")
 
 
 class Estimator(str, Enum):
@@ -100,8 +114,38 @@ class DataConfig:
 
 
 @dataclass
+class GMMConfig:
+    """``model.gmm``: scikit-learn GaussianMixture; lambda scales the component covariances."""
+
+    components: int = 25
+    covariance_type: str = "full"  # full, tied, diag, spherical (scikit-learn's names)
+    max_iter: int = 100
+    n_init: int = 1
+    reg_covar: float = 1e-6
+
+
+@dataclass
+class KDEConfig:
+    """``model.kde``: a Gaussian kernel density estimate (Kazdan et al.); lambda scales the bandwidth."""
+
+    bandwidth: Optional[float] = None  # kernel std in data units; None: Scott's rule n^(-1/(d+4)) x data std
+
+
+@dataclass
+class MLPDiffusionConfig:
+    """``model.mlp_diffusion``: a DDPM on vectors with an MLP denoiser and a sinusoidal time embedding."""
+
+    hidden: int = 128
+    layers: int = 3
+    time_embed_dim: int = 32
+    num_train_timesteps: int = 100
+
+
+@dataclass
 class ModelConfig:
-    family: Family = Family.gaussian
+    # a string, not an enum: any family the registry knows (built-in, registered, or installed
+    # through the mad.families entry points); each family reads its own section below
+    family: str = Family.gaussian
     estimator: Estimator = Estimator.unbiased  # Gaussian covariance estimator
     # diffusion (diffusers UNet2DModel + DDPMScheduler)
     conditional: bool = True  # class-conditional when the data has labels
@@ -110,6 +154,11 @@ class ModelConfig:
     attention: bool = False
     num_train_timesteps: int = 1000  # T
     label_dropout: float = 0.1  # for classifier-free guidance
+    gmm: GMMConfig = field(default_factory=GMMConfig)
+    kde: KDEConfig = field(default_factory=KDEConfig)
+    mlp_diffusion: MLPDiffusionConfig = field(default_factory=MLPDiffusionConfig)
+    # a plug-in family's own section: free-form in YAML, turned into its config_class at load time
+    options: Any = None
 
 
 @dataclass
@@ -292,8 +341,43 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[Li
         raise
     except Exception as err:  # omegaconf raises several types; all become one line
         raise _convert_error(err) from None
+    cfg.model.options = family_options(cfg.model)
     validate(cfg)
     return cfg
+
+
+def _family(name: str):
+    from mad.models.registry import get_family  # the registry imports this module: import late
+
+    try:
+        return get_family(name)
+    except ValueError as err:
+        raise ConfigError("model.family", _one_line(str(err))) from None
+
+
+def family_options(model: "ModelConfig") -> Any:
+    """``model.options`` as an instance of the family's ``config_class`` (strict keys and types).
+
+    Only plug-in families have options; a built-in family's section is its own field of ModelConfig.
+    """
+    from mad.models.registry import builtin_names
+
+    options = model.options
+    name = str(model.family)
+    if name in builtin_names():
+        if options is not None:
+            raise ConfigError("model.options", f"is for plug-in families; {name} reads model.{name} or the flat model keys")
+        return None
+    cls = getattr(_family(name), "config_class", None)
+    if cls is None or isinstance(options, cls):
+        return options
+    OmegaConf = _omegaconf()
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.create(options or {}))
+        return OmegaConf.to_object(node)
+    except Exception as err:
+        e = _convert_error(err)
+        raise ConfigError(f"model.options.{e.key}" if e.key else "model.options", e.problem) from None
 
 
 def _check_key_exists(node: Any, dotted: str) -> None:
@@ -302,6 +386,8 @@ def _check_key_exists(node: Any, dotted: str) -> None:
     for i, part in enumerate(parts):
         if part == "sweep" and i == 0 and len(parts) > 1:
             return
+        if parts[:i] == ["model"] and part == "options":
+            return  # a plug-in family's section: checked against its config_class once the family is known
         if not hasattr(cur, "keys") or part not in cur:
             raise ConfigError(dotted, "unknown key")
         cur = cur[part]
@@ -315,6 +401,8 @@ def config_to_dict(cfg: Config) -> Dict[str, Any]:
             return {f.name: conv(getattr(obj, f.name)) for f in fields(obj)}
         if isinstance(obj, Enum):
             return obj.value
+        if isinstance(obj, str):
+            return str(obj)  # Family names are a str subclass, which YAML's safe dumper refuses
         if isinstance(obj, dict):
             return {k: conv(v) for k, v in obj.items()}
         if isinstance(obj, (list, tuple)):
@@ -455,8 +543,9 @@ def _validate_one(cfg: Config) -> None:
     if cfg.train.num_workers > cfg.train.batch_size:
         raise ConfigError("train.num_workers", f"{cfg.train.num_workers} workers need train.batch_size >= "
                           f"{cfg.train.num_workers} (every worker needs a sample per step)")
-    if cfg.train.num_workers > 1 and m.family != Family.diffusion:
-        raise ConfigError("train.num_workers", "data-parallel training needs model.family=diffusion")
+    family = _family(m.family)
+    if cfg.train.num_workers > 1 and not family.supports_data_parallel:
+        raise ConfigError("train.num_workers", f"model.family={m.family} does not support data-parallel training")
     if not (0.0 <= cfg.train.ema_decay < 1.0):
         raise ConfigError("train.ema_decay", f"must be in [0, 1), got {cfg.train.ema_decay}")
     for key in ("steps", "batch_size"):
@@ -473,11 +562,12 @@ def _validate_one(cfg: Config) -> None:
     if cfg.resources.max_retries < 0:
         raise ConfigError("resources.max_retries", "must be at least 0")
     # family / data compatibility
-    vector_data = d.name in (DataName.gaussian, DataName.toy2d)
-    if m.family == Family.gaussian and not vector_data:
-        raise ConfigError("model.family", f"gaussian needs data.name gaussian or toy2d, got {d.name.value}")
-    if m.family == Family.diffusion and vector_data:
-        raise ConfigError("model.family", f"diffusion needs an image data set, got data.name={d.name.value}")
+    kind = data_kind(d.name)
+    vector_data = kind == "vectors"
+    if kind not in family.data_kinds:
+        raise ConfigError("model.family", f"{m.family} takes {' or '.join(family.data_kinds)} data, got "
+                                          f"data.name={d.name.value} ({kind})")
+    _validate_sections(m)
     if cfg.metrics.features != Features.raw and vector_data:
         raise ConfigError("metrics.features", f"{cfg.metrics.features.value} needs image data; use raw for {d.name.value}")
     # finite real pools (a folder's size is known once loaded: the driver calls check_real_pool then)
@@ -490,6 +580,29 @@ def _validate_one(cfg: Config) -> None:
                                                        f"{d.n_reference})")
         else:
             check_real_pool(cfg, pool, f"{d.name.value} training pool")
+
+
+VECTOR_DATA = (DataName.gaussian, DataName.toy2d)
+
+
+def data_kind(name: DataName) -> str:
+    """The data kind of a data set, as families declare what they accept: "vectors" or "images"."""
+    return "vectors" if name in VECTOR_DATA else "images"
+
+
+def _validate_sections(m: ModelConfig) -> None:
+    """Ranges of the built-in families' sections (checked whatever the family, as the flat keys are)."""
+    for key in ("components", "max_iter", "n_init", "reg_covar"):
+        _positive(f"model.gmm.{key}", getattr(m.gmm, key))
+    kinds = ("full", "tied", "diag", "spherical")
+    if m.gmm.covariance_type not in kinds:
+        raise ConfigError("model.gmm.covariance_type", f"must be one of {', '.join(kinds)}, got {m.gmm.covariance_type!r}")
+    _positive("model.kde.bandwidth", m.kde.bandwidth)
+    for key in ("hidden", "layers", "time_embed_dim", "num_train_timesteps"):
+        _positive(f"model.mlp_diffusion.{key}", getattr(m.mlp_diffusion, key))
+    if m.mlp_diffusion.time_embed_dim % 2:
+        raise ConfigError("model.mlp_diffusion.time_embed_dim", f"must be even (sine and cosine halves), got "
+                                                                f"{m.mlp_diffusion.time_embed_dim}")
 
 
 def real_samples_needed(loop: LoopConfig) -> tuple[int, str]:

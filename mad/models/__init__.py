@@ -1,21 +1,15 @@
-"""Model families. Each module exposes ``train(...) -> state`` and ``sample(state, ...) -> (x, y)``.
+"""Model families, behind one contract (``mad.models.protocol.ModelFamily``) and one registry.
 
-A state is a flat dict of CPU tensors, so every family saves through safetensors.
+``get_family(name)`` returns the family ``model.family`` names: built-in (gaussian, diffusion,
+gmm, kde, mlp_diffusion), registered in this process (``register``), or installed by another
+package through the ``mad.families`` entry-point group. A state is a flat dict of CPU tensors,
+so every family saves through safetensors.
 """
 from __future__ import annotations
 
-from types import ModuleType
+from mad.models.protocol import FamilyBase, HasClosedForm, ModelFamily, RealDistribution
+from mad.models.registry import (ENTRY_POINT_GROUP, UnknownFamilyError, get_family, known_families, register,
+                                 unregister)
 
-from mad.config import Family
-
-
-def get_family(family: Family) -> ModuleType:
-    if family == Family.gaussian:
-        from mad.models import gaussian
-
-        return gaussian
-    if family == Family.diffusion:
-        from mad.models import diffusion
-
-        return diffusion
-    raise ValueError(f"model.family: unknown family {family!r}")
+__all__ = ["ENTRY_POINT_GROUP", "FamilyBase", "HasClosedForm", "ModelFamily", "RealDistribution",
+           "UnknownFamilyError", "get_family", "known_families", "register", "unregister"]

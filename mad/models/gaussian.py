@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from mad.config import Estimator, ModelConfig, SampleConfig
+from mad.data.vectors import RealDistribution
 from mad.metrics.frechet import gaussian_w2
 
 
@@ -39,14 +40,14 @@ def sample(state: dict[str, torch.Tensor], n: int, num_classes: int, sample_shap
     return mean + rng.standard_normal((n, len(mean))) @ factor.T, None
 
 
-def closed_form_metrics(state: dict[str, torch.Tensor], bias: float, real_mean: np.ndarray,
-                        real_cov: np.ndarray, real_is_gaussian: bool = True) -> dict[str, float]:
+def closed_form_metrics(state: dict[str, torch.Tensor], bias: float, real: RealDistribution) -> dict[str, float]:
     """w2 between the model's sampling distribution and the real one; trace and mean drift of the fit."""
     mean, cov = state["mean"].numpy(), state["cov"].numpy()
+    real_mean, real_cov = real.mean, real.cov
     out = {
         "trace_ratio": float(np.trace(cov) / np.trace(real_cov)),
         "mean_shift": float(np.linalg.norm(mean - real_mean)),
     }
-    if real_is_gaussian:  # no closed form against a mixture (toy2d)
+    if real.is_gaussian:  # no closed form against a mixture (toy2d)
         out["w2"] = gaussian_w2(mean, bias * cov, real_mean, real_cov)
     return out
