@@ -139,6 +139,8 @@ class MLPDiffusionConfig:
     layers: int = 3
     time_embed_dim: int = 32
     num_train_timesteps: int = 100
+    input_freqs: int = 16  # Fourier features per coordinate of the input (sharp modes need them)
+    input_scale: float = 10.0  # the highest of those frequencies, on standardised data; 0: raw coordinates
 
 
 @dataclass
@@ -598,6 +600,8 @@ def _validate_sections(m: ModelConfig) -> None:
     if m.gmm.covariance_type not in kinds:
         raise ConfigError("model.gmm.covariance_type", f"must be one of {', '.join(kinds)}, got {m.gmm.covariance_type!r}")
     _positive("model.kde.bandwidth", m.kde.bandwidth)
+    if m.mlp_diffusion.input_scale < 0 or m.mlp_diffusion.input_freqs < 0:
+        raise ConfigError("model.mlp_diffusion.input_scale", "input_scale and input_freqs must be at least 0")
     for key in ("hidden", "layers", "time_embed_dim", "num_train_timesteps"):
         _positive(f"model.mlp_diffusion.{key}", getattr(m.mlp_diffusion, key))
     if m.mlp_diffusion.time_embed_dim % 2:

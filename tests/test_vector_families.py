@@ -96,3 +96,14 @@ def test_two_generations_of_each_vector_family_through_run_py(tmp_path):
     assert by == {(f, g) for f in ("gmm", "kde", "mlp_diffusion") for g in (1, 2)}
     for r in recs:  # toy2d: the mode metrics next to the sample-based ones
         assert 0 <= r["modes_covered"] <= 25 and 0.0 <= r["high_quality_frac"] <= 1.0 and "fid" in r
+
+
+def test_mode_metrics_against_their_definition(toy2d):
+    pool, _, ref = toy2d
+    real = pool.distribution()
+    m = mode_metrics(ref, real)  # real samples: every mode, and P(chi2_2 <= 9) = 98.9% within 3 sigma
+    assert m["modes_covered"] == 25 and m["high_quality_frac"] > 0.95
+    one_mode = real.means[7] + 0.1 * np.random.default_rng(0).standard_normal((200, 2))
+    assert mode_metrics(one_mode, real) == {"modes_covered": 1.0, "high_quality_frac": 1.0}
+    between = real.means[:5] + 1.0  # halfway between grid points: no mode within 3 sigma (0.67)
+    assert mode_metrics(between, real) == {"modes_covered": 0.0, "high_quality_frac": 0.0}
