@@ -57,6 +57,7 @@ class Family:
     gmm = _FamilyName("gmm")
     kde = _FamilyName("kde")
     mlp_diffusion = _FamilyName("mlp_diffusion")
+    gan = _FamilyName("gan")
 
 
 class Estimator(str, Enum):
@@ -144,6 +145,14 @@ class MLPDiffusionConfig:
 
 
 @dataclass
+class GANConfig:
+    """``model.gan``: a DCGAN on images; lambda is the truncation psi in latent space (z -> psi z)."""
+
+    latent_dim: int = 32
+    width: int = 32  # channels of the last generator / first discriminator layer
+
+
+@dataclass
 class ModelConfig:
     # a string, not an enum: any family the registry knows (built-in, registered, or installed
     # through the mad.families entry points); each family reads its own section below
@@ -159,6 +168,7 @@ class ModelConfig:
     gmm: GMMConfig = field(default_factory=GMMConfig)
     kde: KDEConfig = field(default_factory=KDEConfig)
     mlp_diffusion: MLPDiffusionConfig = field(default_factory=MLPDiffusionConfig)
+    gan: GANConfig = field(default_factory=GANConfig)
     # a plug-in family's own section: free-form in YAML, turned into its config_class at load time
     options: Any = None
 
@@ -600,6 +610,8 @@ def _validate_sections(m: ModelConfig) -> None:
     if m.gmm.covariance_type not in kinds:
         raise ConfigError("model.gmm.covariance_type", f"must be one of {', '.join(kinds)}, got {m.gmm.covariance_type!r}")
     _positive("model.kde.bandwidth", m.kde.bandwidth)
+    for key in ("latent_dim", "width"):
+        _positive(f"model.gan.{key}", getattr(m.gan, key))
     if m.mlp_diffusion.input_scale < 0 or m.mlp_diffusion.input_freqs < 0:
         raise ConfigError("model.mlp_diffusion.input_scale", "input_scale and input_freqs must be at least 0")
     for key in ("hidden", "layers", "time_embed_dim", "num_train_timesteps"):

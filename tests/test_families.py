@@ -81,7 +81,7 @@ def _records(out: Path) -> list[dict]:
 
 # ----------------------------------------------------------------------------- registry and config
 def test_builtin_families_satisfy_the_protocol():
-    for name in ("gaussian", "diffusion", "gmm", "kde", "mlp_diffusion"):
+    for name in ("gaussian", "diffusion", "gmm", "kde", "mlp_diffusion", "gan"):
         fam = get_family(name)
         assert isinstance(fam, ModelFamily), name
         assert set(fam.data_kinds) <= {"vectors", "images"}
@@ -96,7 +96,7 @@ def test_unknown_family_is_one_line_listing_the_known_ones():
         load_config(None, ["model.family=nope"])
     msg = str(err.value)
     assert msg.startswith("model.family: unknown family 'nope'") and "\n" not in msg
-    for name in ("diffusion", "gaussian", "gmm", "kde", "mlp_diffusion"):
+    for name in ("diffusion", "gan", "gaussian", "gmm", "kde", "mlp_diffusion"):
         assert name in msg
 
 
@@ -146,7 +146,7 @@ FAMILY_MODULES = sorted(p.stem for p in (ROOT / "mad" / "models").glob("*.py")
 
 @pytest.mark.parametrize("module", ["driver", "remote", "tasks"])
 def test_driver_remote_and_tasks_import_no_family_module(module):
-    assert {"gaussian", "diffusion", "gmm", "kde", "mlp_diffusion"} <= set(FAMILY_MODULES)
+    assert {"gaussian", "diffusion", "gmm", "kde", "mlp_diffusion", "gan"} <= set(FAMILY_MODULES)
     tree = ast.parse((ROOT / "mad" / f"{module}.py").read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

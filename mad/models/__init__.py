@@ -1,7 +1,7 @@
 """Model families, behind one contract (``mad.models.protocol.ModelFamily``) and one registry.
 
 ``get_family(name)`` returns the family ``model.family`` names: built-in (gaussian, diffusion,
-gmm, kde, mlp_diffusion), registered in this process (``register``), or installed by another
+gmm, kde, mlp_diffusion, gan), registered in this process (``register``), or installed by another
 package through the ``mad.families`` entry-point group. A state is a flat dict of CPU tensors,
 so every family saves through safetensors.
 """

@@ -3,7 +3,7 @@
 Three sources, looked up in this order:
 
 1. families registered in this process with :func:`register` (tests, notebooks, a launcher script);
-2. the built-in families (``gaussian``, ``diffusion``, ``gmm``, ``kde``, ``mlp_diffusion``), whose
+2. the built-in families (``gaussian``, ``diffusion``, ``gmm``, ``kde``, ``mlp_diffusion``, ``gan``), whose
    modules are imported only when a generation trains or samples, so loading a config stays fast;
 3. the Python entry-point group ``mad.families``: a package declares
    ``[project.entry-points."mad.families"] myfam = "mypkg.family:FAMILY"`` and
@@ -78,6 +78,7 @@ def _builtins() -> dict[str, ModelFamily]:
         "kde": ModuleFamily("kde", "mad.models.kde", (VECTORS,), cheap=True, config_class=c.KDEConfig),
         "mlp_diffusion": ModuleFamily("mlp_diffusion", "mad.models.mlp_diffusion", (VECTORS,),
                                       config_class=c.MLPDiffusionConfig),
+        "gan": ModuleFamily("gan", "mad.models.gan", (IMAGES,), config_class=c.GANConfig),
     }
 
 
