@@ -445,6 +445,13 @@ def science_of_yaml(text: str) -> Dict[str, Any]:
     d = yaml.safe_load(text) or {}
     for key in _RESUME_IGNORED:
         d.pop(key, None)
+    # a section added to the schema after the run was written (model.gmm, ...) takes its defaults,
+    # which reproduce what the run did, so such a run still resumes
+    defaults = science_dict(Config())
+    if isinstance(d.get("model"), dict):
+        for key, value in defaults["model"].items():
+            if isinstance(value, dict) or key == "options":
+                d["model"].setdefault(key, value)
     return d
 
 

@@ -238,3 +238,16 @@ def test_family_installed_through_an_entry_point_runs_through_run_py(tmp_path):
     gone = subprocess.run([sys.executable, str(ROOT / "run.py"), *QUICK, "model.family=epfam", f"out={out}2"],
                           cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
     assert gone.returncode == 2 and "unknown family 'epfam'" in gone.stderr
+
+
+def test_a_run_written_before_the_family_sections_still_resumes():
+    from mad.config import science_dict, science_of_yaml, to_yaml
+    import yaml
+
+    cfg = load_config(None, [*QUICK, "model.family=gmm"])
+    old = yaml.safe_load(to_yaml(cfg))
+    for key in ("gmm", "kde", "mlp_diffusion", "gan", "options"):
+        del old["model"][key]
+    assert science_of_yaml(yaml.safe_dump(old)) == science_dict(cfg)
+    old["model"]["channels"] = [1]  # a real difference still shows
+    assert science_of_yaml(yaml.safe_dump(old)) != science_dict(cfg)
