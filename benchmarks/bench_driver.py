@@ -38,7 +38,7 @@ def bare(cfg) -> float:
         x, _ = gaussian.sample(state, cfg.metrics.n_eval, 0, x.shape[1:], cfg.model, cfg.sample,
                                seeding.derive_seed(cfg.seed, gen, seeding.SAMPLE))
         evaluate(ref, x, None, cfg.metrics)
-        gaussian.closed_form_metrics(state, cfg.sample.bias, pool.mean, pool.cov)
+        gaussian.closed_form_metrics(state, cfg.sample.bias, pool.distribution())
         x = x[:cfg.loop.n_init]
     return time.perf_counter() - t0
 

@@ -1,7 +1,7 @@
 """Chain blocks: one task runs a block of chains of a cheap family through their generations in-process.
 
 A Gaussian generation costs milliseconds, while three Ray tasks per chain and generation cost tens of
-milliseconds of scheduling and copying. For a family that declares itself cheap (``CHEAP = True`` in its
+milliseconds of scheduling and copying. For a family that declares itself cheap (``cheap = True`` in its
 module under ``mad/models``), the driver hands a block of chains to one task, which advances them
 generation by generation for a *slice* of generations and returns every generation's result. The driver
 (the only writer) persists the slice and submits the next one with the block's carried state, so a
@@ -25,6 +25,7 @@ import loops
 from mad import seeding, tasks
 from mad.config import Config, Family, SynthSource, TrainInit, resolved_counts
 from mad.data import RealPool
+from mad.data.vectors import RealDistribution
 from mad.models import get_family
 
 MAX_BLOCK = 256  # chains per block when sized automatically: a slice of one generation stays short
@@ -32,11 +33,11 @@ SLICE_S = 2.0  # target seconds of one slice: short enough to lose little when k
 
 
 def is_cheap(family: Family) -> bool:
-    """Does the family declare that a generation costs milliseconds (``CHEAP = True`` on its module)?
+    """Does the family declare that a generation costs milliseconds (``cheap`` in the family protocol)?
 
     Asking imports the family's module into the driver once (for diffusion: diffusers, seconds).
     """
-    return bool(getattr(get_family(family), "CHEAP", False))
+    return bool(getattr(get_family(family), "cheap", False))
 
 
 def needed_synth_gens(cfg: Config, next_gen: int) -> list[int]:
@@ -76,7 +77,7 @@ def sample_generation(state: dict, pool: RealPool, cfg: Config, gen: int, progre
     """Every sample shard of a generation, in shard order (the shards the Ray path samples in parallel)."""
     probs = class_probs(pool, cfg)
     return [tasks.sample_shard(state, n, i, pool.sample_shape, pool.num_classes, probs, cfg.seed, gen,
-                               cfg.model.family, cfg.model, cfg.sample, progress=progress, device=device)
+                               get_family(cfg.model.family), cfg.model, cfg.sample, progress=progress, device=device)
             for i, n in enumerate(tasks.shard_sizes(n_samples(cfg, gen), cfg.resources.sample_shards))]
 
 
@@ -118,8 +119,8 @@ class GenResult:
     wall_s: float
 
 
-def run_generation(chain: BlockChain, pool: RealPool, reference: Any, moments: Optional[tuple],
-                   real_is_gaussian: bool, keep_samples: bool, device: Optional[str] = None) -> GenResult:
+def run_generation(chain: BlockChain, pool: RealPool, reference: Any, real: Optional[RealDistribution],
+                   keep_samples: bool, device: Optional[str] = None) -> GenResult:
     """Advance one chain by one generation, through the same functions and seeds as the Ray stages."""
     t0 = time.time()
     cfg, gen = chain.cfg, chain.next_gen
@@ -131,11 +132,11 @@ def run_generation(chain: BlockChain, pool: RealPool, reference: Any, moments: O
     synth_gens = [p.gen for p in manifest.synth]
     init_state = chain.prev_state if cfg.train.init == TrainInit.previous else None
     state = tasks.train_generation(pool, cfg.seed, gen, manifest.to_json(), synth_gens,
-                                   [[chain.synth[g]] for g in synth_gens], cfg.model.family, cfg.model,
+                                   [[chain.synth[g]] for g in synth_gens], get_family(cfg.model.family), cfg.model,
                                    cfg.train, init_state=init_state, device=device)
     shards = sample_generation(state, pool, cfg, gen, device=device)
     metrics = tasks.evaluate_generation(reference, state, shards, cfg.metrics.n_eval, cfg.metrics,
-                                        cfg.model.family, cfg.sample.bias, moments, real_is_gaussian,
+                                        get_family(cfg.model.family), cfg.sample.bias, real,
                                         device=device, score_samples=scores_samples(cfg, gen))
     x, y = tasks.concat_shards(shards)
     size = synth_size(cfg, gen)
@@ -151,8 +152,8 @@ def run_generation(chain: BlockChain, pool: RealPool, reference: Any, moments: O
                      round(time.time() - t0, 4))
 
 
-def run_block(chains: list[BlockChain], pool: RealPool, reference: Any, moments: Optional[tuple],
-              real_is_gaussian: bool, n_gens: int, keep_samples: bool, device: Optional[str] = None
+def run_block(chains: list[BlockChain], pool: RealPool, reference: Any, real: Optional[RealDistribution],
+              n_gens: int, keep_samples: bool, device: Optional[str] = None
               ) -> tuple[list[GenResult], list[BlockChain]]:
     """Advance every unfinished chain of the block by up to ``n_gens`` generations, generation by
     generation across the chains. Returns the results in order and the chains' carried state."""
@@ -161,7 +162,7 @@ def run_block(chains: list[BlockChain], pool: RealPool, reference: Any, moments:
         active = [c for c in chains if not c.finished]
         if not active:
             break
-        results += [run_generation(c, pool, reference, moments, real_is_gaussian, keep_samples, device)
+        results += [run_generation(c, pool, reference, real, keep_samples, device)
                     for c in active]
     return results, chains
 

@@ -43,9 +43,24 @@ class DataName(str, Enum):
     folder = "folder"
 
 
-class Family(str, Enum):
-    gaussian = "gaussian"
-    diffusion = "diffusion"
+class _FamilyName(str):
+    """A built-in family's name: a plain string that also has ``.value``, as when Family was an Enum."""
+
+    @property
+    def value(self) -> str:
+        return str(self)
+
+
+class Family:
+    """Names of the built-in families. ``model.family`` is a string checked against the registry
+    (``mad.models.registry``) at load time, so families from other packages are accepted too."""
+
+    gaussian = _FamilyName("gaussian")
+    diffusion = _FamilyName("diffusion")
+    gmm = _FamilyName("gmm")
+    kde = _FamilyName("kde")
+    mlp_diffusion = _FamilyName("mlp_diffusion")
+    gan = _FamilyName("gan")
 
 
 class Estimator(str, Enum):
@@ -119,8 +134,48 @@ class DataConfig:
 
 
 @dataclass
+class GMMConfig:
+    """``model.gmm``: scikit-learn GaussianMixture; lambda scales the component covariances."""
+
+    components: int = 25
+    covariance_type: str = "full"  # full, tied, diag, spherical (scikit-learn's names)
+    max_iter: int = 100
+    n_init: int = 1
+    reg_covar: float = 1e-6
+
+
+@dataclass
+class KDEConfig:
+    """``model.kde``: a Gaussian kernel density estimate (Kazdan et al.); lambda scales the bandwidth."""
+
+    bandwidth: Optional[float] = None  # kernel std in data units; None: Scott's rule n^(-1/(d+4)) x data std
+
+
+@dataclass
+class MLPDiffusionConfig:
+    """``model.mlp_diffusion``: a DDPM on vectors with an MLP denoiser and a sinusoidal time embedding."""
+
+    hidden: int = 128
+    layers: int = 3
+    time_embed_dim: int = 32
+    num_train_timesteps: int = 100
+    input_freqs: int = 16  # Fourier features per coordinate of the input (sharp modes need them)
+    input_scale: float = 10.0  # the highest of those frequencies, on standardised data; 0: raw coordinates
+
+
+@dataclass
+class GANConfig:
+    """``model.gan``: a DCGAN on images; lambda is the truncation psi in latent space (z -> psi z)."""
+
+    latent_dim: int = 32
+    width: int = 32  # channels of the last generator / first discriminator layer
+
+
+@dataclass
 class ModelConfig:
-    family: Family = Family.gaussian
+    # a string, not an enum: any family the registry knows (built-in, registered, or installed
+    # through the mad.families entry points); each family reads its own section below
+    family: str = Family.gaussian
     estimator: Estimator = Estimator.unbiased  # Gaussian covariance estimator
     # diffusion (diffusers UNet2DModel + DDPMScheduler)
     conditional: bool = True  # class-conditional when the data has labels
@@ -129,6 +184,12 @@ class ModelConfig:
     attention: bool = False
     num_train_timesteps: int = 1000  # T
     label_dropout: float = 0.1  # for classifier-free guidance
+    gmm: GMMConfig = field(default_factory=GMMConfig)
+    kde: KDEConfig = field(default_factory=KDEConfig)
+    mlp_diffusion: MLPDiffusionConfig = field(default_factory=MLPDiffusionConfig)
+    gan: GANConfig = field(default_factory=GANConfig)
+    # a plug-in family's own section: free-form in YAML, turned into its config_class at load time
+    options: Any = None
 
 
 @dataclass
@@ -326,6 +387,7 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[Li
         raise
     except Exception as err:  # omegaconf raises several types; all become one line
         raise _convert_error(err) from None
+    cfg.model.options = family_options(cfg.model)
     validate(cfg)
     _set_unresolved(cfg, unresolved)
     return cfg
@@ -449,12 +511,48 @@ def _check_override(key: str, value: str, unresolved: Dict[str, str]) -> None:
     _check_interpolation(key, value, unresolved)
 
 
+def _family(name: str):
+    from mad.models.registry import get_family  # the registry imports this module: import late
+
+    try:
+        return get_family(name)
+    except ValueError as err:
+        raise ConfigError("model.family", _one_line(str(err))) from None
+
+
+def family_options(model: "ModelConfig") -> Any:
+    """``model.options`` as an instance of the family's ``config_class`` (strict keys and types).
+
+    Only plug-in families have options; a built-in family's section is its own field of ModelConfig.
+    """
+    from mad.models.registry import builtin_names
+
+    options = model.options
+    name = str(model.family)
+    if name in builtin_names():
+        if options is not None:
+            raise ConfigError("model.options", f"is for plug-in families; {name} reads model.{name} or the flat model keys")
+        return None
+    cls = getattr(_family(name), "config_class", None)
+    if cls is None or isinstance(options, cls):
+        return options
+    OmegaConf = _omegaconf()
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.create(options or {}))
+        return OmegaConf.to_object(node)
+    except Exception as err:
+        e = _convert_error(err)
+        raise ConfigError(f"model.options.{e.key}" if e.key else "model.options", e.problem) from None
+
+
 def _check_key_exists(node: Any, dotted: str) -> None:
     parts = dotted.split(".")
     cur = node
     for i, part in enumerate(parts):
         if part == "sweep" and i == 0 and len(parts) > 1:
             return
+        if parts[:i] == ["model"] and part == "options":
+            return  # a plug-in family's section: checked against its config_class once the family is known
         if not hasattr(cur, "keys") or part not in cur:
             raise ConfigError(dotted, "unknown key")
         cur = cur[part]
@@ -468,6 +566,8 @@ def config_to_dict(cfg: Config) -> Dict[str, Any]:
             return {f.name: conv(getattr(obj, f.name)) for f in fields(obj)}
         if isinstance(obj, Enum):
             return obj.value
+        if isinstance(obj, str):
+            return str(obj)  # Family names are a str subclass, which YAML's safe dumper refuses
         if isinstance(obj, dict):
             return {k: conv(v) for k, v in obj.items()}
         if isinstance(obj, (list, tuple)):
@@ -498,6 +598,13 @@ def science_of_yaml(text: str) -> Dict[str, Any]:
     d = yaml.safe_load(text) or {}
     for key in _RESUME_IGNORED:
         d.pop(key, None)
+    # a section added to the schema after the run was written (model.gmm, ...) takes its defaults,
+    # which reproduce what the run did, so such a run still resumes
+    defaults = science_dict(Config())
+    if isinstance(d.get("model"), dict):
+        for key, value in defaults["model"].items():
+            if isinstance(value, dict) or key == "options":
+                d["model"].setdefault(key, value)
     return d
 
 
@@ -741,14 +848,14 @@ def _check_sizes(cfg: Config) -> None:
 
     need = min_train_samples(cfg.model.family)
     if loop.n_init < need:
-        raise ConfigError("loop.n_init", f"model.family={cfg.model.family.value} needs at least {need} "
+        raise ConfigError("loop.n_init", f"model.family={cfg.model.family} needs at least {need} "
                                          f"training samples, got {loop.n_init}")
     if loop.generations > 1:
         n_real, n_synth = resolved_counts(loop)
         if n_real + n_synth < need:
             key = "loop.n_total" if loop.real_fraction is not None else "loop.n_synth"
             raise ConfigError(key, f"later generations train on {n_real + n_synth} samples; "
-                                   f"model.family={cfg.model.family.value} needs at least {need}")
+                                   f"model.family={cfg.model.family} needs at least {need}")
 
 
 def _validate_one(cfg: Config) -> None:
@@ -792,8 +899,9 @@ def _validate_one(cfg: Config) -> None:
     if cfg.train.num_workers > cfg.train.batch_size:
         raise ConfigError("train.num_workers", f"{cfg.train.num_workers} workers need train.batch_size >= "
                           f"{cfg.train.num_workers} (every worker needs a sample per step)")
-    if cfg.train.num_workers > 1 and m.family != Family.diffusion:
-        raise ConfigError("train.num_workers", "data-parallel training needs model.family=diffusion")
+    family = _family(m.family)
+    if cfg.train.num_workers > 1 and not family.supports_data_parallel:
+        raise ConfigError("train.num_workers", f"model.family={m.family} does not support data-parallel training")
     if not (0.0 <= cfg.train.ema_decay < 1.0):
         raise ConfigError("train.ema_decay", f"must be in [0, 1), got {cfg.train.ema_decay}")
     for key in ("steps", "batch_size"):
@@ -820,15 +928,16 @@ def _validate_one(cfg: Config) -> None:
                           f"({loop.synth_source.value} reads earlier synthetic sets again)")
     if cfg.artifacts.samples == KeepSamples.none and m.family not in REDRAWABLE_FAMILIES:
         raise ConfigError("artifacts.samples", f"none needs a family whose saved state redraws its samples "
-                          f"exactly (gaussian), got {m.family.value}")
+                          f"exactly (gaussian), got {m.family}")
     if cfg.resources.max_retries < 0:
         raise ConfigError("resources.max_retries", "must be at least 0")
     # family / data compatibility
-    vector_data = d.name in (DataName.gaussian, DataName.toy2d)
-    if m.family == Family.gaussian and not vector_data:
-        raise ConfigError("model.family", f"gaussian needs data.name gaussian or toy2d, got {d.name.value}")
-    if m.family == Family.diffusion and vector_data:
-        raise ConfigError("model.family", f"diffusion needs an image data set, got data.name={d.name.value}")
+    kind = data_kind(d.name)
+    vector_data = kind == "vectors"
+    if kind not in family.data_kinds:
+        raise ConfigError("model.family", f"{m.family} takes {' or '.join(family.data_kinds)} data, got "
+                                          f"data.name={d.name.value} ({kind})")
+    _validate_sections(m)
     if cfg.metrics.features != Features.raw and vector_data:
         raise ConfigError("metrics.features", f"{cfg.metrics.features.value} needs image data; use raw for {d.name.value}")
     # finite real pools (a folder's size is known once loaded: the driver calls check_real_pool then)
@@ -843,6 +952,33 @@ def _validate_one(cfg: Config) -> None:
             check_real_pool(cfg, pool, f"{d.name.value} training pool")
 
     _check_sizes(cfg)
+
+VECTOR_DATA = (DataName.gaussian, DataName.toy2d)
+
+
+def data_kind(name: DataName) -> str:
+    """The data kind of a data set, as families declare what they accept: "vectors" or "images"."""
+    return "vectors" if name in VECTOR_DATA else "images"
+
+
+def _validate_sections(m: ModelConfig) -> None:
+    """Ranges of the built-in families' sections (checked whatever the family, as the flat keys are)."""
+    for key in ("components", "max_iter", "n_init", "reg_covar"):
+        _positive(f"model.gmm.{key}", getattr(m.gmm, key))
+    kinds = ("full", "tied", "diag", "spherical")
+    if m.gmm.covariance_type not in kinds:
+        raise ConfigError("model.gmm.covariance_type", f"must be one of {', '.join(kinds)}, got {m.gmm.covariance_type!r}")
+    _positive("model.kde.bandwidth", m.kde.bandwidth)
+    for key in ("latent_dim", "width"):
+        _positive(f"model.gan.{key}", getattr(m.gan, key))
+    if m.mlp_diffusion.input_scale < 0 or m.mlp_diffusion.input_freqs < 0:
+        raise ConfigError("model.mlp_diffusion.input_scale", "input_scale and input_freqs must be at least 0")
+    for key in ("hidden", "layers", "time_embed_dim", "num_train_timesteps"):
+        _positive(f"model.mlp_diffusion.{key}", getattr(m.mlp_diffusion, key))
+    if m.mlp_diffusion.time_embed_dim % 2:
+        raise ConfigError("model.mlp_diffusion.time_embed_dim", f"must be even (sine and cosine halves), got "
+                                                                f"{m.mlp_diffusion.time_embed_dim}")
+
 
 def real_samples_needed(loop: LoopConfig) -> tuple[int, str]:
     """How many distinct real samples a chain trains on over its generations, and the keys that decide it.

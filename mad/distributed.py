@@ -3,7 +3,8 @@
 Used when ``train.num_workers > 1``: ``mad.remote`` starts a light launcher task that calls
 :func:`train_generation_data_parallel`, which assembles the training set, starts
 ``train.num_workers`` Ray Train workers (each with ``resources.train_cpus`` CPUs and
-``resources.train_gpus`` GPUs) and runs ``mad.models.diffusion.train`` on every one of them
+``resources.train_gpus`` GPUs) and runs the family's ``train`` (one that declares
+``supports_data_parallel``, e.g. ``mad.models.diffusion``) on every one of them
 inside the process group Ray Train sets up (NCCL on GPUs, gloo on CPUs). The weights that come
 back are the same flat CPU state dict of EMA weights as the single-worker path returns.
 
@@ -35,6 +36,7 @@ import numpy as np
 from mad import tasks
 from mad.config import ModelConfig, ResourcesConfig, TrainConfig
 from mad.data import RealPool
+from mad.models import ModelFamily, get_family
 
 
 @dataclass
@@ -62,8 +64,6 @@ def _train_loop_per_worker(config: dict) -> Optional[DataParallelResult]:
     import torch
     import torch.distributed as dist
 
-    from mad.models import diffusion
-
     from ray.experimental.tqdm_ray import tqdm as ray_tqdm
 
     from mad import progress as bars
@@ -80,7 +80,7 @@ def _train_loop_per_worker(config: dict) -> Optional[DataParallelResult]:
     # out of them anyway, but torch.from_numpy warns on read-only input, so take a private copy.
     x = np.array(x)
     y = None if y is None else np.array(y)
-    state = diffusion.train(x, y, config["num_classes"], config["model"], config["train"], config["seed"],
+    state = config["family"].train(x, y, config["num_classes"], config["model"], config["train"], config["seed"],
                             init_state=init_state, progress=config["progress"], device=device)
     rank, world_size = dist.get_rank(), dist.get_world_size()
     gathered: list = [None] * world_size
@@ -93,8 +93,9 @@ def _train_loop_per_worker(config: dict) -> Optional[DataParallelResult]:
 
 def train_data_parallel(x: np.ndarray, y: Optional[np.ndarray], num_classes: int, model: ModelConfig,
                         train: TrainConfig, seed: int, resources: ResourcesConfig,
-                        init_state: Optional[dict] = None, progress: bool = False) -> DataParallelResult:
-    """Train a diffusion model on ``train.num_workers`` Ray Train workers (DDP); Ray must be running.
+                        init_state: Optional[dict] = None, progress: bool = False,
+                        family: Optional[ModelFamily] = None) -> DataParallelResult:
+    """Train a model of ``family`` (default: the one ``model.family`` names) on ``train.num_workers`` Ray Train workers (DDP); Ray must be running.
 
     Each worker asks for ``resources.train_cpus`` CPUs and ``resources.train_gpus`` GPUs.
     The global batch is ``train.batch_size``, split between the workers.
@@ -114,6 +115,7 @@ def train_data_parallel(x: np.ndarray, y: Optional[np.ndarray], num_classes: int
     config = {
         # one object for all workers: put once here, fetched by each worker (zero-copy on its node)
         "data": ray.put((x, y, init_state)),
+        "family": family if family is not None else get_family(model.family),
         "num_classes": num_classes, "model": model, "train": train, "seed": seed, "progress": progress,
         "use_gpu": use_gpu, "cpus_per_worker": resources.train_cpus,
     }
@@ -144,14 +146,14 @@ def train_data_parallel(x: np.ndarray, y: Optional[np.ndarray], num_classes: int
 
 
 def train_generation_data_parallel(pool: RealPool, seed: int, gen: int, manifest: dict, synth_gens: Sequence[int],
-                                   synth_shards: Sequence[Sequence[tasks.Shard]], model: ModelConfig,
-                                   train: TrainConfig, resources: ResourcesConfig,
+                                   synth_shards: Sequence[Sequence[tasks.Shard]], family: ModelFamily,
+                                   model: ModelConfig, train: TrainConfig, resources: ResourcesConfig,
                                    init_state: Optional[dict] = None, progress: bool = False) -> dict:
     """``tasks.train_generation`` for ``train.num_workers > 1``: the same data and seed, trained with DDP."""
     x, y, train_seed = tasks.training_inputs(pool, seed, gen, manifest, synth_gens, synth_shards, model)
     state = train_data_parallel(x, y, pool.num_classes, model, train, train_seed,
-                                resources, init_state=init_state, progress=progress).state
+                                resources, init_state=init_state, progress=progress, family=family).state
     from mad.divergence import check_state
 
-    check_state(state, "diffusion")  # the same check as the single-worker path (tasks.train_generation)
+    check_state(state, family)  # the same check as the single-worker path (tasks.train_generation)
     return state

@@ -29,7 +29,8 @@ class DivergedError(RuntimeError):
 
 def likely_key(family: Any) -> Optional[str]:
     """The config key to lower first when a family's model diverges."""
-    return "train.lr" if getattr(family, "value", family) == "diffusion" else None
+    name = getattr(family, "name", None) or getattr(family, "value", family)
+    return "train.lr" if str(name) in ("diffusion", "mlp_diffusion", "gan") else None
 
 
 def _finite(a: Any) -> bool:

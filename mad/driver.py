@@ -30,6 +30,7 @@ from mad import artifacts, blocks, seeding
 from mad.config import (Config, DataName, TrainInit, check_real_pool, config_to_dict, science_dict,
                         science_of_yaml, to_yaml)
 from mad.divergence import DivergedError
+from mad.models import get_family
 from mad.plan import Chain, plan_chains
 from mad.progress import console_print
 
@@ -163,7 +164,7 @@ class Driver:
         self._logged_this_session: set[tuple[str, int]] = set()
         # Step-level bars only for models slow enough to need them (a Gaussian generation takes ms).
         # Bars redraw in place on a terminal; in a log file they would only pile up lines.
-        self._bars = not self.quiet and not blocks.is_cheap(cfg.model.family) and sys.stdout.isatty()
+        self._bars = not self.quiet and not get_family(cfg.model.family).cheap and sys.stdout.isatty()
         self._to_cache: dict[Any, str] = {}  # reference ref -> cache_dir of a classifier still to cache
 
     # ------------------------------------------------------------------ setup
@@ -274,13 +275,13 @@ class Driver:
         remote.init(self.cfg.ray, quiet=self.quiet,
                     dashboard=any(c.cfg.train.num_workers > 1 for c in self.chains))
         stages = remote.Stages(self.cfg.resources)
-        self.pools, self.references, self.moments, ref_sets = {}, {}, {}, {}
+        self.pools, self.references, self.real, ref_sets = {}, {}, {}, {}
         for r in todo:
             c = r.chain.cfg
             if r.data_key not in self.pools:
                 pool, (ref_x, ref_y) = loaded[r.data_key]
                 self.pools[r.data_key] = (pool, remote.put(pool))
-                self.moments[r.data_key] = (pool.mean, pool.cov) if pool.mean is not None else None
+                self.real[r.data_key] = pool.distribution()  # closed form of the real distribution, or None
                 ref_sets[r.data_key] = (ref_x, ref_y)
             mkey = (r.data_key, json.dumps(config_to_dict(c.metrics), sort_keys=True))
             if mkey not in self.references:
@@ -490,18 +491,18 @@ class Driver:
         flat = [ref for g in synth_gens for ref in r.synth[g]]
         counts = [len(r.synth[g]) for g in synth_gens]
         init_state = r.prev_state if cfg.train.init == TrainInit.previous else None
+        family = get_family(cfg.model.family)
         state = stages.train.remote(pool_ref, seed, gen, manifest.to_json(), synth_gens, counts,
-                                    cfg.model.family, cfg.model, cfg.train, init_state, self._bars, *flat)
+                                    family, cfg.model, cfg.train, init_state, self._bars, *flat)
         from mad.tasks import shard_sizes
 
         shards = [
             stages.sample.remote(state, n, i, pool.sample_shape, pool.num_classes, class_probs, seed, gen,
-                                 cfg.model.family, cfg.model, cfg.sample, self._bars)
+                                 family, cfg.model, cfg.sample, self._bars)
             for i, n in enumerate(shard_sizes(n_sample, cfg.resources.sample_shards))
         ]
-        metrics = stages.evaluate.remote(r.reference, state, cfg.metrics.n_eval, cfg.metrics, cfg.model.family,
-                                         cfg.sample.bias, self.moments[r.data_key],
-                                         cfg.data.name == DataName.gaussian, *shards,
+        metrics = stages.evaluate.remote(r.reference, state, cfg.metrics.n_eval, cfg.metrics, family,
+                                         cfg.sample.bias, self.real[r.data_key], *shards,
                                          score_samples=blocks.scores_samples(cfg, gen))
         if key is not None:
             self._shared[key] = (gen, state, shards, metrics)
@@ -551,10 +552,8 @@ class Driver:
         max_gens = max(r.chain.cfg.loop.generations - r.next_gen + 1 for r in active)
         n_gens = blocks.slice_generations(self._chain_gen_s, len(active), max_gens)
         pool_ref = self.pools[block.data_key][1]
-        c = active[0].chain.cfg
         results, carry = stages.run_block.remote(block.carry, pool_ref, active[0].reference,
-                                                 self.moments[block.data_key], c.data.name == DataName.gaussian,
-                                                 n_gens, block.keep_samples)
+                                                 self.real[block.data_key], n_gens, block.keep_samples)
         block.carry = carry  # the next slice starts from this one's end, without a trip through the driver
         block.started = time.time()
         return results

@@ -24,7 +24,7 @@ class Chain:
             "loop": c.loop.kind.value,
             "bias": c.sample.bias,
             "seed": c.seed,
-            "family": c.model.family.value,
+            "family": str(c.model.family),
             "data": c.data.name.value,
             "generations": c.loop.generations,
         }

@@ -26,7 +26,7 @@ from typing import Any, Optional
 import ray
 
 from mad import progress, tasks
-from mad.config import Family, RayConfig, ResourcesConfig
+from mad.config import RayConfig, ResourcesConfig
 
 
 class TaskFailure(RuntimeError):
@@ -192,8 +192,8 @@ def _train_data_parallel(pool, seed, gen, manifest, synth_gens, shard_counts, fa
     from mad import distributed
 
     return distributed.train_generation_data_parallel(pool, seed, gen, manifest, synth_gens,
-                                                      _split_shards(flat_shards, shard_counts), model, train,
-                                                      resources, init_state=init_state, progress=progress)
+                                                      _split_shards(flat_shards, shard_counts), family, model,
+                                                      train, resources, init_state=init_state, progress=progress)
 
 
 class _TrainStage:
@@ -212,8 +212,8 @@ class _TrainStage:
                progress, *flat_shards):
         args = (pool, seed, gen, manifest, synth_gens, shard_counts, family, model, train, init_state, progress,
                 *flat_shards)
-        # Only the diffusion family has a gradient loop to parallelise; a Gaussian fit is one pass.
-        if train.num_workers > 1 and Family(family) == Family.diffusion:
+        # only a family with a gradient loop to split declares supports_data_parallel; a fit in one pass does not
+        if train.num_workers > 1 and family.supports_data_parallel:
             return self.data_parallel.remote(*args, resources=self.res)
         return self.single.remote(*args)
 
@@ -226,17 +226,16 @@ def _sample(state, n, shard, pool_shape, num_classes, class_probs, seed, gen, fa
 
 
 @ray.remote
-def _evaluate(reference, state, n_eval, metrics, family, bias, real_moments, real_is_gaussian, *shards,
-              score_samples=True):
+def _evaluate(reference, state, n_eval, metrics, family, bias, real, *shards, score_samples=True):
     device = _use_assigned_resources()
-    return tasks.evaluate_generation(reference, state, shards, n_eval, metrics, family, bias, real_moments,
-                                     real_is_gaussian, device=device, score_samples=score_samples)
+    return tasks.evaluate_generation(reference, state, shards, n_eval, metrics, family, bias, real, device=device,
+                                     score_samples=score_samples)
 
 
 @ray.remote(num_returns=2)
-def _run_block(chains, pool, reference, moments, real_is_gaussian, n_gens, keep_samples):
+def _run_block(chains, pool, reference, real, n_gens, keep_samples):
     device = _use_assigned_resources()
-    return tasks.run_block(chains, pool, reference, moments, real_is_gaussian, n_gens, keep_samples, device=device)
+    return tasks.run_block(chains, pool, reference, real, n_gens, keep_samples, device=device)
 
 
 @ray.remote

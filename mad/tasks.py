@@ -2,6 +2,8 @@
 
 Each function depends only on its arguments (data, a narrow config, a seed), so Ray may
 retry it anywhere and get the same result. No Ray import here: ``mad.remote`` wraps these.
+The model is a ``family`` object (``mad.models.protocol.ModelFamily``, resolved by the driver
+from ``model.family``); nothing here names a family or a data set.
 """
 from __future__ import annotations
 
@@ -10,10 +12,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from mad import seeding
-from mad.config import Family, Features, MetricsConfig, ModelConfig, SampleConfig, TrainConfig
+from mad.config import Features, MetricsConfig, ModelConfig, SampleConfig, TrainConfig
 from mad.divergence import check_samples, check_state
 from mad.data import RealPool
-from mad.models import get_family
+from mad.models.protocol import ModelFamily, RealDistribution
 
 Shard = tuple  # (x, y) of one sampled shard
 
@@ -60,12 +62,12 @@ def training_inputs(pool: RealPool, seed: int, gen: int, manifest: dict, synth_g
 
 
 def train_generation(pool: RealPool, seed: int, gen: int, manifest: dict, synth_gens: Sequence[int],
-                     synth_shards: Sequence[Sequence[Shard]], family: Family, model: ModelConfig,
+                     synth_shards: Sequence[Sequence[Shard]], family: ModelFamily, model: ModelConfig,
                      train: TrainConfig, init_state: Optional[dict] = None, progress: bool = False,
                      device: Optional[str] = None) -> dict:
     x, y, train_seed = training_inputs(pool, seed, gen, manifest, synth_gens, synth_shards, model)
-    state = get_family(family).train(x, y, pool.num_classes, model, train, train_seed,
-                                     init_state=init_state, progress=progress, device=device)
+    state = family.train(x, y, pool.num_classes, model, train, train_seed,
+                         init_state=init_state, progress=progress, device=device)
     check_state(state, family)  # every family: NaN weights must not be sampled, scored and trained on
     return state
 
@@ -77,12 +79,12 @@ def shard_sizes(n: int, num_shards: int) -> list[int]:
 
 
 def sample_shard(state: dict, n: int, shard: int, pool_shape: tuple, num_classes: int,
-                 class_probs: Optional[np.ndarray], seed: int, gen: int, family: Family,
+                 class_probs: Optional[np.ndarray], seed: int, gen: int, family: ModelFamily,
                  model: ModelConfig, sample: SampleConfig, progress: bool = False,
                  device: Optional[str] = None) -> Shard:
     if not model.conditional:
         num_classes = 0
-    x, y = get_family(family).sample(
+    x, y = family.sample(
         state, n, num_classes, pool_shape, model, sample,
         seeding.derive_seed(seed, gen, seeding.SAMPLE, shard),
         class_probs=class_probs, progress=progress, device=device,
@@ -92,20 +94,27 @@ def sample_shard(state: dict, n: int, shard: int, pool_shape: tuple, num_classes
 
 
 def evaluate_generation(reference, state: dict, shards: Sequence[Shard], n_eval: int,
-                        metrics: MetricsConfig, family: Family, bias: float,
-                        real_moments: Optional[tuple], real_is_gaussian: bool,
-                        device: Optional[str] = None, score_samples: bool = True) -> dict[str, Optional[float]]:
-    """The generation's metrics; ``score_samples=False`` (see ``metrics.every``) keeps only the closed-form ones."""
+                        metrics: MetricsConfig, family: ModelFamily, bias: float,
+                        real: Optional[RealDistribution], device: Optional[str] = None,
+                        score_samples: bool = True) -> dict[str, Optional[float]]:
+    """Sample-based metrics against the reference set (``score_samples=False``, see ``metrics.every``:
+    none); with ``real`` known in closed form, the family's closed-form metrics (if it has any) and,
+    for a mixture, the mode metrics of its samples."""
     from mad.metrics import evaluate
 
     out = {}
+    x, y = concat_shards(shards)
+    x, y = x[:n_eval], None if y is None else y[:n_eval]
     if score_samples:
-        x, y = concat_shards(shards)
-        out.update(evaluate(reference, x[:n_eval], None if y is None else y[:n_eval], metrics))
-    if family == Family.gaussian and real_moments is not None:
-        from mad.models.gaussian import closed_form_metrics
+        out.update(evaluate(reference, x, y, metrics))
+    if real is not None:
+        closed_form = getattr(family, "closed_form_metrics", None)
+        if closed_form is not None:
+            out.update(closed_form(state, bias, real))
+        if not real.is_gaussian and score_samples:
+            from mad.metrics.modes import mode_metrics
 
-        out.update(closed_form_metrics(state, bias, real_moments[0], real_moments[1], real_is_gaussian))
+            out.update(mode_metrics(x, real))
     # None stays None (JSON null): a value that does not exist, e.g. the log det of a singular fit
     return {k: None if v is None else float(v) for k, v in out.items()}
 
@@ -128,9 +137,9 @@ def cached_classifier(pool: RealPool, metrics: MetricsConfig) -> Optional[dict]:
                                    epochs=metrics.classifier_epochs)
 
 
-def run_block(chains: list, pool: RealPool, reference, moments: Optional[tuple], real_is_gaussian: bool,
+def run_block(chains: list, pool: RealPool, reference, real: Optional[RealDistribution],
               n_gens: int, keep_samples: bool, device: Optional[str] = None) -> tuple[list, list]:
     """A block of chains of a cheap family through ``n_gens`` generations in one task (see ``mad.blocks``)."""
     from mad import blocks
 
-    return blocks.run_block(chains, pool, reference, moments, real_is_gaussian, n_gens, keep_samples, device)
+    return blocks.run_block(chains, pool, reference, real, n_gens, keep_samples, device)

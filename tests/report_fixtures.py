@@ -55,7 +55,7 @@ def _write_run(run_dir: Path, cfg: Config, simulate, partial: bool) -> Path:
     for index, (assignment, chain_cfg) in enumerate(expand_sweep(cfg)):
         name = chain_name(index, assignment)
         chains.append({"name": name, "index": index, "assignment": assignment, "loop": chain_cfg.loop.kind.value,
-                       "bias": chain_cfg.sample.bias, "seed": chain_cfg.seed, "family": chain_cfg.model.family.value,
+                       "bias": chain_cfg.sample.bias, "seed": chain_cfg.seed, "family": str(chain_cfg.model.family),
                        "data": chain_cfg.data.name.value, "generations": chain_cfg.loop.generations})
         for gen, (preview, labels, metrics) in enumerate(simulate(chain_cfg, index), start=1):
             rec = {"chain": name, "loop": chain_cfg.loop.kind.value, "seed": chain_cfg.seed,

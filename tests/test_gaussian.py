@@ -9,6 +9,7 @@ from scipy.special import digamma
 
 from mad.config import Estimator, ModelConfig, SampleConfig
 from mad.data import RealPool
+from mad.data.vectors import RealDistribution
 from mad.metrics import gaussian_w2
 from mad.models import gaussian
 from mad.report import expected_logdet_ratio, logdet_refit_term
@@ -67,7 +68,7 @@ def test_w2_closed_form():
 
 def test_closed_form_metrics_report_drift():
     state = {"mean": torch.tensor([0.3, 0.4], dtype=torch.float64), "cov": torch.eye(2, dtype=torch.float64) * 0.5}
-    m = gaussian.closed_form_metrics(state, 1.0, np.zeros(2), np.eye(2))
+    m = gaussian.closed_form_metrics(state, 1.0, RealDistribution.gaussian(np.zeros(2), np.eye(2)))
     assert m["trace_ratio"] == pytest.approx(0.5)
     assert m["mean_shift"] == pytest.approx(0.5)
     assert m["w2"] == pytest.approx(np.sqrt(0.25 + 2 * (np.sqrt(0.5) - 1) ** 2))

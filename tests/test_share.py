@@ -11,7 +11,9 @@ from test_driver import GAUSS, records
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
-SWEEP = ["loop.generations=3", "sweep.loop.kind=[fully_synthetic,synthetic_augmentation,fresh_data]",
+# block_size=0: the Gaussian is a cheap family that otherwise runs in chain blocks, where a generation
+# costs milliseconds and nothing is shared; sharing is for the one-task-per-stage path (diffusion).
+SWEEP = ["resources.block_size=0", "loop.generations=3", "sweep.loop.kind=[fully_synthetic,synthetic_augmentation,fresh_data]",
          "sweep.sample.bias=[1.0,0.8]"]
 
 

@@ -61,6 +61,14 @@ class RealPool:
             return vectors.draw_toy2d(n, seq), None
         return vectors.draw_gaussian(self.mean, self.cov, n, np.random.default_rng(seq)), None
 
+    def distribution(self) -> Optional[vectors.RealDistribution]:
+        """The real distribution in closed form, for families' closed-form metrics; None for a finite pool."""
+        if self.mean is None:
+            return None
+        if self.name == DataName.toy2d.value:
+            return vectors.toy2d_distribution()
+        return vectors.RealDistribution.gaussian(self.mean, self.cov)
+
     def class_histogram(self) -> Optional[np.ndarray]:
         if self.y is None or not self.num_classes:
             return None

@@ -1,7 +1,38 @@
 """Real distributions given in closed form: a Gaussian and MAD's 2-D 25-mode mixture."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+
+@dataclass(frozen=True)
+class RealDistribution:
+    """What is known in closed form about the real distribution (vector data only).
+
+    ``mean`` and ``cov`` are its first two moments; ``weights``, ``means`` and ``covs`` describe
+    it as a mixture of Gaussians, one component when it is a Gaussian. Built by the data layer
+    (``mad.data.RealPool.distribution``); None for data known only through samples (images).
+    """
+
+    mean: np.ndarray
+    cov: np.ndarray
+    weights: np.ndarray  # (K,)
+    means: np.ndarray  # (K, d)
+    covs: np.ndarray  # (K, d, d)
+
+    @classmethod
+    def gaussian(cls, mean: np.ndarray, cov: np.ndarray) -> "RealDistribution":
+        mean, cov = np.asarray(mean, dtype=float), np.atleast_2d(np.asarray(cov, dtype=float))
+        return cls(mean, cov, np.ones(1), mean[None], cov[None])
+
+    @property
+    def is_gaussian(self) -> bool:
+        return len(self.weights) == 1
+
+    @property
+    def dim(self) -> int:
+        return int(self.mean.shape[0])
 
 
 def gaussian_moments(dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -31,3 +62,11 @@ def toy2d_moments() -> tuple[np.ndarray, np.ndarray]:
     mean = TOY2D_MODES.mean(0)
     cov = np.cov(TOY2D_MODES.T, bias=True) + TOY2D_STD**2 * np.eye(2)
     return mean, cov
+
+
+def toy2d_distribution() -> RealDistribution:
+    """The 25-mode grid as a mixture: equal weights, isotropic components of std TOY2D_STD."""
+    mean, cov = toy2d_moments()
+    k = len(TOY2D_MODES)
+    return RealDistribution(mean, cov, np.full(k, 1.0 / k), TOY2D_MODES.copy(),
+                            np.tile(TOY2D_STD**2 * np.eye(2), (k, 1, 1)))

@@ -7,12 +7,8 @@ import numpy as np
 import torch
 
 from mad.config import Estimator, ModelConfig, SampleConfig
+from mad.data.vectors import RealDistribution
 from mad.metrics.frechet import gaussian_w2
-
-# A generation costs milliseconds: the driver runs blocks of chains in one task (mad/blocks.py)
-# instead of three Ray tasks per chain and generation.
-CHEAP = True
-
 
 def fit(x: np.ndarray, estimator: Estimator) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x, dtype=np.float64)
@@ -57,14 +53,15 @@ def log_det(cov: np.ndarray) -> Optional[float]:
     return float(value) if sign > 0 and np.isfinite(value) else None
 
 
-def closed_form_metrics(state: dict[str, torch.Tensor], bias: float, real_mean: np.ndarray,
-                        real_cov: np.ndarray, real_is_gaussian: bool = True) -> dict[str, Optional[float]]:
+def closed_form_metrics(state: dict[str, torch.Tensor], bias: float, real: RealDistribution
+                        ) -> dict[str, Optional[float]]:
     """w2 between the model's sampling distribution and the real one; trace, log-det and mean drift of the fit.
 
     ``logdet_ratio`` = log det Sigma_t - log det Sigma_real (``logdet_ratio_per_dim``: divided by d)
     follows the typical chain, where ``trace_ratio`` follows the mean; it is None (JSON null) when
     either covariance is singular, i.e. when the ratio is -inf (e.g. fewer samples than dimensions)."""
     mean, cov = state["mean"].numpy(), state["cov"].numpy()
+    real_mean, real_cov = real.mean, real.cov
     out: dict[str, Optional[float]] = {
         "trace_ratio": float(np.trace(cov) / np.trace(real_cov)),
         "mean_shift": float(np.linalg.norm(mean - real_mean)),
@@ -73,6 +70,6 @@ def closed_form_metrics(state: dict[str, torch.Tensor], bias: float, real_mean: 
     ratio = None if ld is None or ld_real is None else ld - ld_real
     out["logdet_ratio"] = ratio
     out["logdet_ratio_per_dim"] = None if ratio is None else ratio / cov.shape[0]
-    if real_is_gaussian:  # no closed form against a mixture (toy2d)
+    if real.is_gaussian:  # no closed form against a mixture (toy2d)
         out["w2"] = gaussian_w2(mean, bias * cov, real_mean, real_cov)
     return out
