@@ -73,18 +73,19 @@ def class_probs(pool: RealPool, cfg: Config) -> Optional[np.ndarray]:
 
 
 def sample_generation(state: dict, pool: RealPool, cfg: Config, gen: int, progress: bool = False,
-                      device: Optional[str] = None) -> list[tasks.Shard]:
+                      device: Optional[str] = None, family: Any = None) -> list[tasks.Shard]:
     """Every sample shard of a generation, in shard order (the shards the Ray path samples in parallel)."""
     probs = class_probs(pool, cfg)
     return [tasks.sample_shard(state, n, i, pool.sample_shape, pool.num_classes, probs, cfg.seed, gen,
-                               get_family(cfg.model.family), cfg.model, cfg.sample, progress=progress, device=device)
+                               family or get_family(cfg.model.family), cfg.model, cfg.sample, progress=progress,
+                               device=device)
             for i, n in enumerate(tasks.shard_sizes(n_samples(cfg, gen), cfg.resources.sample_shards))]
 
 
-def redraw_synth(state: dict, pool: RealPool, cfg: Config, gen: int) -> tasks.Shard:
+def redraw_synth(state: dict, pool: RealPool, cfg: Config, gen: int, family: Any = None) -> tasks.Shard:
     """Generation ``gen``'s synthetic set redrawn from its saved model: the same shards and seeds as when
     it was first drawn, so the same samples (used on resume when ``artifacts.samples=none``)."""
-    x, y = tasks.concat_shards(sample_generation(state, pool, cfg, gen))
+    x, y = tasks.concat_shards(sample_generation(state, pool, cfg, gen, family=family))
     size = synth_size(cfg, gen)
     return x[:size], (None if y is None else y[:size])
 
@@ -100,6 +101,13 @@ class BlockChain:
     synth_sizes: dict[int, int] = field(default_factory=dict)
     prev_state: Optional[dict] = None  # previous generation's weights (train.init=previous)
     redraw: dict[int, dict] = field(default_factory=dict)  # gen -> saved model whose samples must be redrawn
+    # The family object resolved by the driver: it travels pickled by reference to its module, so a
+    # family registered in the driver's process (not by entry point) works in the block's worker too.
+    family: Any = None
+
+    def __post_init__(self) -> None:
+        if self.family is None:
+            self.family = get_family(self.cfg.model.family)
 
     @property
     def finished(self) -> bool:
@@ -125,18 +133,18 @@ def run_generation(chain: BlockChain, pool: RealPool, reference: Any, real: Opti
     t0 = time.time()
     cfg, gen = chain.cfg, chain.next_gen
     for g, state in sorted(chain.redraw.items()):
-        chain.synth[g] = redraw_synth(state, pool, cfg, g)
+        chain.synth[g] = redraw_synth(state, pool, cfg, g, chain.family)
     chain.redraw.clear()
     manifest = loops.next_training_set(cfg.loop.kind, gen, dict(chain.synth_sizes), cfg.loop,
                                        seeding.rng(cfg.seed, gen, seeding.LOOP))
     synth_gens = [p.gen for p in manifest.synth]
     init_state = chain.prev_state if cfg.train.init == TrainInit.previous else None
     state = tasks.train_generation(pool, cfg.seed, gen, manifest.to_json(), synth_gens,
-                                   [[chain.synth[g]] for g in synth_gens], get_family(cfg.model.family), cfg.model,
+                                   [[chain.synth[g]] for g in synth_gens], chain.family, cfg.model,
                                    cfg.train, init_state=init_state, device=device)
-    shards = sample_generation(state, pool, cfg, gen, device=device)
+    shards = sample_generation(state, pool, cfg, gen, device=device, family=chain.family)
     metrics = tasks.evaluate_generation(reference, state, shards, cfg.metrics.n_eval, cfg.metrics,
-                                        get_family(cfg.model.family), cfg.sample.bias, real,
+                                        chain.family, cfg.sample.bias, real,
                                         device=device, score_samples=scores_samples(cfg, gen))
     x, y = tasks.concat_shards(shards)
     size = synth_size(cfg, gen)

@@ -519,11 +519,12 @@ class Driver:
         groups: dict[tuple, list[ChainRun]] = {}
         for r in runs:
             c = r.chain.cfg
-            key = (r.data_key, json.dumps(config_to_dict(c.metrics), sort_keys=True), c.artifacts.samples.value)
+            key = (r.data_key, json.dumps(config_to_dict(c.metrics), sort_keys=True), c.artifacts.samples.value,
+                   str(c.model.family))
             groups.setdefault(key, []).append(r)
         cpus = remote.cluster_cpus() if runs else 1
         out = []
-        for (data_key, _, keep), group in groups.items():
+        for (data_key, _, keep, _), group in groups.items():
             by_name = {r.chain.name: r for r in group}
             for names in blocks.plan_blocks(list(by_name), self.cfg.resources.block_size, cpus):
                 members = [by_name[n] for n in names]

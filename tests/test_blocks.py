@@ -6,35 +6,16 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from conftest import ROOT, run_cli
 from mad import blocks
 from mad.config import ConfigError, load_config
-from mad.driver import TIMING_FIELDS, Driver
+
+from test_driver import GAUSS, records, run_in_process
 
 pytestmark = pytest.mark.usefixtures("ray_local")
-
-GAUSS = ["data.name=gaussian", "data.dim=3", "data.n_reference=300", "model.family=gaussian",
-         "metrics.features=raw", "metrics.n_eval=200", "loop.n_init=40", "loop.n_real=null", "loop.n_synth=null",
-         "report.progress=false", "report.html=false", "report.tensorboard=false"]
-
-
-def records(run_dir: Path) -> list[dict]:
-    recs = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    for r in recs:
-        for k in TIMING_FIELDS:
-            r.pop(k)
-    return sorted(recs, key=lambda r: (r["chain"], r["gen"]))
-
-
-def run_in_process(out: Path, *overrides: str):
-    cfg = load_config(None, [*GAUSS, f"out={out}", *overrides])
-    Driver(cfg, quiet=True).run()
-    return cfg
-
 
 @pytest.mark.parametrize("extra", [
     ["resources.sample_shards=2", "metrics.every=2"],

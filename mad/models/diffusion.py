@@ -19,19 +19,18 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
-from diffusers.training_utils import EMAModel
 
 from mad import seeding
 from mad.divergence import DivergedError
 from mad.config import ModelConfig, SampleConfig, Scheduler, TrainConfig
 from mad.pixels import resolve_device as _resolve_device, to_uint8, to_unit_range
 from mad.progress import progress_bar
+from mad.models.training import index_batches, make_ema
 
 __all__ = ["build_unet", "evaluate_loss", "is_conditional", "train", "sample", "to_unit_range", "to_uint8"]
 
@@ -112,16 +111,6 @@ def _load_unet(state: dict[str, torch.Tensor], model: ModelConfig, image_shape: 
 LOSS_CHECK_EVERY = 100  # steps between checks that the training loss is finite
 
 
-def _index_batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
-    """Endless minibatches of indices: shuffled epochs, so every image is seen equally often."""
-    buf = torch.empty(0, dtype=torch.long)
-    while True:
-        while buf.numel() < batch_size:
-            buf = torch.cat([buf, torch.randperm(n, generator=gen)])
-        yield buf[:batch_size]
-        buf = buf[batch_size:]
-
-
 def _distributed_rank() -> tuple[int, int]:
     """(rank, world size) inside a torch.distributed process group (e.g. Ray Train's), else (0, 1)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -134,22 +123,6 @@ def _rank_slice(batch_size: int, rank: int, world_size: int) -> slice:
     base, extra = divmod(batch_size, world_size)
     start = rank * base + min(rank, extra)
     return slice(start, start + base + (1 if rank < extra else 0))
-
-
-def _make_ema(params: list[torch.nn.Parameter], max_decay: float) -> EMAModel:
-    """diffusers' EMA of ``params`` with its default warm-up, capped at ``max_decay`` (``train.ema_decay``).
-
-    After optimizer step k the decay is ``min(max_decay, k / (k + 9))`` (step 1 copies the
-    weights). Until the cap is reached (k = 9 / (1 - max_decay) - 9: ~9,000 steps for 0.999)
-    this is a power-function average whose weight on step i grows like i**8: the averaged
-    weights are on average k/10 steps old (after 1,000 steps: 100, with 61% of the weight on
-    the last 100 steps), so a short run returns trained weights rather than ones still close
-    to the random init, and a long one settles on a horizon of 1 / (1 - max_decay) steps.
-    diffusers' train_unconditional.py warms up with ``use_ema_warmup=True, power=3/4``
-    instead: a similar horizon at 1,000 steps (~180 steps instead of ~110).
-    """
-    # foreach: two fused list ops per step instead of three small kernels per tensor
-    return EMAModel(params, decay=max_decay, use_ema_warmup=False, foreach=True)
 
 
 def train(
@@ -218,7 +191,7 @@ def train(
     noise_scheduler = DDPMScheduler(num_train_timesteps=model.num_train_timesteps)
     optimizer = torch.optim.AdamW(net.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     params = list(net.parameters())
-    ema = _make_ema(params, train.ema_decay)
+    ema = make_ema(params, train.ema_decay)
 
     # Images stay uint8 on the device (4x smaller than float); each batch is scaled on the fly.
     data = torch.from_numpy(np.ascontiguousarray(x)).to(dev)
@@ -230,7 +203,7 @@ def train(
     # each rank has its own stream, or two ranks would add the same noise to their images
     rank_keys = (rank,) if world_size > 1 else ()
     gen = torch.Generator(device=dev).manual_seed(seeding.derive_seed64(seed, 2, *rank_keys))
-    batches = _index_batches(len(x), train.batch_size, index_gen)
+    batches = index_batches(len(x), train.batch_size, index_gen)
     mine = _rank_slice(train.batch_size, rank, world_size)
     # DDP averages the ranks' gradients; weighting each rank's mean loss by its share of the global batch
     # makes that average the gradient of the global-batch mean even when the split is uneven

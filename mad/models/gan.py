@@ -16,7 +16,7 @@ State: the generator under ``gen.*`` (what sampling needs) and the discriminator
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from mad import seeding
 from mad.config import ModelConfig, SampleConfig, TrainConfig
 from mad.pixels import resolve_device, to_uint8, to_unit_range
 from mad.progress import progress_bar
+from mad.models.training import index_batches
 
 
 class Generator(nn.Module):
@@ -72,15 +73,6 @@ def _split(state: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def _index_batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
-    buf = torch.empty(0, dtype=torch.long)
-    while True:
-        while buf.numel() < batch_size:
-            buf = torch.cat([buf, torch.randperm(n, generator=gen)])
-        yield buf[:batch_size]
-        buf = buf[batch_size:]
-
-
 def train(x: np.ndarray, y: Optional[np.ndarray], num_classes: int, model: ModelConfig, train: TrainConfig,
           seed: int, init_state: Optional[dict[str, torch.Tensor]] = None, progress: bool = False,
           device: Optional[str] = None) -> dict[str, torch.Tensor]:
@@ -102,7 +94,7 @@ def train(x: np.ndarray, y: Optional[np.ndarray], num_classes: int, model: Model
     opt_g = torch.optim.Adam(g.parameters(), lr=train.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=train.lr, betas=(0.5, 0.999))
     data = torch.from_numpy(np.ascontiguousarray(x)).to(dev)
-    batches = _index_batches(len(x), train.batch_size, torch.Generator().manual_seed(seeding.derive_seed64(seed, 1)))
+    batches = index_batches(len(x), train.batch_size, torch.Generator().manual_seed(seeding.derive_seed64(seed, 1)))
     gen = torch.Generator(device=dev).manual_seed(seeding.derive_seed64(seed, 2))
     for _ in progress_bar(range(train.steps), "train", progress):
         real = to_unit_range(data[next(batches).to(dev)])

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from mad import seeding
 from mad.config import ModelConfig, SampleConfig, Scheduler, TrainConfig
 from mad.pixels import resolve_device
 from mad.progress import progress_bar
+from mad.models.training import index_batches, make_ema
 
 BETA_SCHEDULE = "squaredcos_cap_v2"
 CLIP_MARGIN = 1.5
@@ -90,16 +91,6 @@ def build_denoiser(model: ModelConfig, dim: int) -> Denoiser:
                     float(c.input_scale))
 
 
-def _index_batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
-    """Endless minibatches of indices over shuffled epochs (every vector seen equally often)."""
-    buf = torch.empty(0, dtype=torch.long)
-    while True:
-        while buf.numel() < batch_size:
-            buf = torch.cat([buf, torch.randperm(n, generator=gen)])
-        yield buf[:batch_size]
-        buf = buf[batch_size:]
-
-
 def train(x: np.ndarray, y: Optional[np.ndarray], num_classes: int, model: ModelConfig, train: TrainConfig,
           seed: int, init_state: Optional[dict[str, torch.Tensor]] = None, progress: bool = False,
           device: Optional[str] = None) -> dict[str, torch.Tensor]:
@@ -127,9 +118,9 @@ def train(x: np.ndarray, y: Optional[np.ndarray], num_classes: int, model: Model
     scheduler = DDPMScheduler(num_train_timesteps=T, beta_schedule=BETA_SCHEDULE)
     optimizer = torch.optim.AdamW(net.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     params = list(net.parameters())
-    ema = [p.detach().clone() for p in params]
+    ema = make_ema(params, train.ema_decay)  # the warm-up of mad.models.diffusion
     data = torch.from_numpy((x - mean) / std).to(dev)
-    batches = _index_batches(len(x), train.batch_size, torch.Generator().manual_seed(seeding.derive_seed64(seed, 1)))
+    batches = index_batches(len(x), train.batch_size, torch.Generator().manual_seed(seeding.derive_seed64(seed, 1)))
     gen = torch.Generator(device=dev).manual_seed(seeding.derive_seed64(seed, 2))
     for step in progress_bar(range(train.steps), "train", progress):
         clean = data[next(batches).to(dev)]
@@ -139,11 +130,9 @@ def train(x: np.ndarray, y: Optional[np.ndarray], num_classes: int, model: Model
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        decay = min(train.ema_decay, (1.0 + step) / (10.0 + step))  # warm-up, as in mad.models.diffusion
-        with torch.no_grad():
-            torch._foreach_lerp_(ema, params, 1.0 - decay)
+        ema.step(params)
     names = [name for name, _ in net.named_parameters()]
-    state = {f"net.{name}": e.detach().to("cpu").contiguous() for name, e in zip(names, ema)}
+    state = {f"net.{name}": e.detach().to("cpu").contiguous() for name, e in zip(names, ema.shadow_params)}
     state["data_mean"] = torch.from_numpy(np.ascontiguousarray(mean, dtype=np.float32))
     state["data_std"] = torch.from_numpy(np.ascontiguousarray(std, dtype=np.float32))
     state["data_bound"] = torch.tensor(bound, dtype=torch.float32)
