@@ -99,6 +99,14 @@ def share_key(cfg: Config, manifest: loops.Manifest, n_sample: int, class_probs:
                    n_sample, cfg.resources.sample_shards, probs)
 
 
+def train_share_key(cfg: Config, manifest: loops.Manifest) -> Optional[str]:
+    """The key of a generation's training alone, under the same condition as ``share_key``: chains that
+    differ in sampling (lambda), metrics or later counts train their real-only generations once."""
+    if manifest.synth or (cfg.train.init == TrainInit.previous and manifest.gen > 1):
+        return None
+    return _digest("train", cfg.seed, manifest.to_json(), cfg.data, cfg.model, cfg.train)
+
+
 def _data_key(cfg: Config) -> str:
     return json.dumps(config_to_dict(cfg.data), sort_keys=True)
 
@@ -159,6 +167,8 @@ class Driver:
         self._report_written = 0.0
         self._shared: dict[str, tuple] = {}  # share key -> (gen, state, shards, metrics) object refs
         self._shared_on_disk: dict[str, tuple[str, int]] = {}  # share key -> a finished (chain, gen) holding it
+        self._shared_train: dict[str, tuple] = {}  # train share key -> (gen, weights object ref)
+        self.n_trained = 0  # training tasks submitted by this driver (shared ones once)
         self._report_every = REPORT_EVERY_S
         self._live = None  # mad.report.LiveRun: incremental reading for the live report
         self._logged_this_session: set[tuple[str, int]] = set()
@@ -470,8 +480,9 @@ class Driver:
         """Drop shared results no unfinished chain can still ask for (they hold object-store memory)."""
         live = [r.next_gen for r in runs if not r.finished and r.chain.name not in self.failed]
         oldest = min(live) if live else float("inf")
-        for key in [k for k, v in self._shared.items() if v is not None and v[0] < oldest]:
-            del self._shared[key]
+        for shared in (self._shared, self._shared_train):
+            for key in [k for k, v in shared.items() if v is not None and v[0] < oldest]:
+                del shared[key]
 
     def _submit(self, r: ChainRun, stages, remote) -> tuple[Submitted, Any]:
         cfg, gen = r.chain.cfg, r.next_gen
@@ -492,8 +503,15 @@ class Driver:
         counts = [len(r.synth[g]) for g in synth_gens]
         init_state = r.prev_state if cfg.train.init == TrainInit.previous else None
         family = get_family(cfg.model.family)
-        state = stages.train.remote(pool_ref, seed, gen, manifest.to_json(), synth_gens, counts,
-                                    family, cfg.model, cfg.train, init_state, self._bars, *flat)
+        tkey = train_share_key(cfg, manifest) if self.cfg.resources.share_identical else None
+        if tkey is not None and tkey in self._shared_train:
+            state = self._shared_train[tkey][1]
+        else:
+            state = stages.train.remote(pool_ref, seed, gen, manifest.to_json(), synth_gens, counts,
+                                        family, cfg.model, cfg.train, init_state, self._bars, *flat)
+            self.n_trained += 1
+            if tkey is not None:
+                self._shared_train[tkey] = (gen, state)
         from mad.tasks import shard_sizes
 
         shards = [

@@ -55,6 +55,8 @@ def test_shared_generation_one_equals_computing_it_per_chain(tmp_path):
     assert len(separate.computed) == 18
     assert len(shared.computed) == 18 - 4
     assert sum(1 for _, g in shared.computed if g == 1) == 2
+    # ... and training does not depend on lambda: generation 1 is trained once for all six chains
+    assert separate.n_trained == 18 and shared.n_trained == 18 - 4 - 1
     # every chain still has its own complete generation 1 on disk
     for chain in json.loads((tmp_path / "shared" / "chains.json").read_text()):
         assert (tmp_path / "shared" / chain["name"] / "gen_001" / "DONE").is_file()
