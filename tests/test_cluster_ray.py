@@ -34,7 +34,10 @@ pytestmark = pytest.mark.slow
 # Tiny Gaussian loops (as in tests/test_driver.py): two chains, so two tasks are runnable at once.
 ARGS = ["data.name=gaussian", "data.dim=3", "data.n_reference=300", "model.family=gaussian",
         "metrics.features=raw", "metrics.n_eval=200", "loop.n_init=40", "report.progress=false",
-        "loop.generations=3", "sweep={}", "sweep.loop.kind=[fully_synthetic,fresh_data]"]
+        "loop.generations=3", "sweep={}", "sweep.loop.kind=[fully_synthetic,fresh_data]",
+        # one Ray task per stage and chain-generation, none shared: the per-stage path on a cluster
+        # (cheap families otherwise run in chain blocks, and generation 1 of the two loops is shared)
+        "resources.block_size=0", "resources.share_identical=false"]
 STAGES = ("_train", "_sample", "_evaluate")
 RUN_TIMEOUT_S = 240
 # The CLI of the Ray next to this interpreter (a shim or another environment's Ray would not match).

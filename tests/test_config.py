@@ -19,7 +19,9 @@ def test_default_config_loads_and_overrides_apply():
     cfg = load_config(None, ["loop.kind=fresh_data", "sample.bias=0.8", "loop.n_real=50"])
     assert cfg.loop.kind == LoopKind.fresh_data
     assert cfg.sample.bias == 0.8
-    assert resolved_counts(cfg.loop) == (50, cfg.loop.n_init)
+    assert resolved_counts(cfg.loop) == (50, cfg.loop.n_synth) and cfg.loop.n_synth == 200  # default.yaml's
+    bare = load_config(None, ["loop.n_real=null", "loop.n_synth=null", "loop.kind=fresh_data", "loop.n_init=200"])
+    assert resolved_counts(bare.loop) == (200, 200)  # both default to n_init
 
 
 def test_real_fraction_gives_counts(tmp_path):

@@ -11,6 +11,7 @@ from mad.models import diffusion
 TINY = ["data.name=digits", "data.n_reference=300", "model.family=diffusion", "model.channels=[16,32]",
         "model.num_train_timesteps=200", "train.steps=60", "train.batch_size=32", "sample.steps=10",
         "metrics.features=classifier", "metrics.n_eval=100", "metrics.classifier_epochs=8", "loop.n_init=200",
+        "loop.n_real=null", "loop.n_synth=null",
         "loop.generations=2", "report.html=false", "sweep={loop.kind: [fully_synthetic, synthetic_augmentation, fresh_data]}"]
 
 

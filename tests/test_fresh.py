@@ -102,7 +102,8 @@ DIGITS = ["data.name=digits", "model.family=diffusion", "metrics.features=raw"]
     ("fully_synthetic", ["loop.n_init=1298"], False),
 ])
 def test_pool_check_counts_distinct_real_samples(kind, counts, ok):
-    args = [*DIGITS, "sweep={}", f"loop.kind={kind}", "loop.generations=5", *counts]
+    args = [*DIGITS, "sweep={}", f"loop.kind={kind}", "loop.generations=5", "loop.n_real=null", "loop.n_synth=null",
+            *counts]
     if ok:
         load_config(None, args)
     else:
@@ -113,7 +114,7 @@ def test_pool_check_counts_distinct_real_samples(kind, counts, ok):
 
 def test_over_pool_config_is_refused_by_run_py_with_one_line_and_nothing_written(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli(f"out={out}", "loop.n_init=400", "loop.n_real=300")  # default: digits, 3 loops, 5 generations
+    proc = run_cli(f"out={out}", "loop.n_init=400", "loop.n_real=300", "loop.generations=5")  # default: digits, 3 loops
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr

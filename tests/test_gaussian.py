@@ -90,12 +90,12 @@ def fully_synthetic_logdets(lam: float, estimator: Estimator, n: int, gens: int,
     model, smp = ModelConfig(estimator=estimator), SampleConfig(bias=lam)
     pool = RealPool("gaussian", mean=np.zeros(dim), cov=np.eye(dim))
     out = np.zeros((reps, gens))
+    real = RealDistribution.gaussian(np.zeros(dim), np.eye(dim))
     for r in range(seed0, seed0 + reps):
         x, _ = pool.draw(r, 0, n)
         for t in range(gens):
             state = gaussian.train(x, None, 0, model, seed=r)
-            # real_is_gaussian=False only skips w2 (0.7 ms a call), which this test does not look at
-            out[r - seed0, t] = gaussian.closed_form_metrics(state, lam, np.zeros(dim), np.eye(dim), False)["logdet_ratio"]
+            out[r - seed0, t] = gaussian.closed_form_metrics(state, lam, real)["logdet_ratio"]
             x, _ = gaussian.sample(state, n, 0, (dim,), model, smp, seed=10_000 * r + t)
     return out
 
@@ -136,7 +136,7 @@ def test_logdet_refit_term_formula():
 def test_logdet_ratio_values_and_singular_fits():
     real_cov = np.diag([1.0, 2.0, 4.0])
     state = {"mean": torch.zeros(3, dtype=torch.float64), "cov": torch.diag(torch.tensor([0.5, 1.0, 8.0], dtype=torch.float64))}
-    m = gaussian.closed_form_metrics(state, 1.0, np.zeros(3), real_cov)
+    m = gaussian.closed_form_metrics(state, 1.0, RealDistribution.gaussian(np.zeros(3), real_cov))
     assert m["logdet_ratio"] == pytest.approx(math.log(0.5 * 1.0 * 8.0) - math.log(8.0), abs=1e-14)
     assert m["logdet_ratio_per_dim"] == pytest.approx(m["logdet_ratio"] / 3)
     # singular fits (log det = -inf) are recorded as None, which JSON writes as null
@@ -144,13 +144,13 @@ def test_logdet_ratio_values_and_singular_fits():
     singular = [gaussian.train(x, None, 0, ModelConfig())["cov"], torch.zeros(5, 5, dtype=torch.float64)]
     for cov in singular:
         m = gaussian.closed_form_metrics({"mean": torch.zeros(5, dtype=torch.float64), "cov": cov}, 1.0,
-                                         np.zeros(5), np.eye(5))
+                                         RealDistribution.gaussian(np.zeros(5), np.eye(5)))
         assert m["logdet_ratio"] is None and m["logdet_ratio_per_dim"] is None
         assert math.isfinite(m["w2"]) and math.isfinite(m["trace_ratio"])
         assert '"logdet_ratio": null' in json.dumps(m, allow_nan=False)
     # a 1-D fit: log(var_t / var_real)
     state = {"mean": torch.zeros(1, dtype=torch.float64), "cov": torch.tensor([[0.25]], dtype=torch.float64)}
-    assert gaussian.closed_form_metrics(state, 1.0, np.zeros(1), np.eye(1))["logdet_ratio"] == pytest.approx(math.log(0.25))
+    assert gaussian.closed_form_metrics(state, 1.0, RealDistribution.gaussian(np.zeros(1), np.eye(1)))["logdet_ratio"] == pytest.approx(math.log(0.25))
 
 
 def test_one_dimensional_chains_through_run_py(tmp_path):

@@ -89,7 +89,7 @@ def test_compute_estimate_counts_what_the_driver_runs():
 
 def test_dry_run_prints_count_and_compute(tmp_path):
     proc = run_cli("--dry-run", f"out={tmp_path / 'run'}", "loop.generations=4", "train.steps=10",
-                   "loop.n_init=100", "metrics.n_eval=50", "sample.steps=2")
+                   "loop.n_init=100", "loop.n_real=null", "loop.n_synth=null", "metrics.n_eval=50", "sample.steps=2")
     assert proc.returncode == 0, proc.stderr
     # 3 loops x 4 generations; per chain 3 x 100 kept synthetic + 50 scored at the last generation
     assert "# 3 chain(s), 4 generation(s) each" in proc.stdout
