@@ -19,7 +19,9 @@ from mad.driver import Driver
 from mad.metrics.features import cached_classifier_state, save_classifier_state
 
 
-def test_reference_task_writes_nothing_and_the_driver_caches_its_classifier(tmp_path, monkeypatch):
+def test_reference_task_writes_nothing_and_its_classifier_round_trips_through_the_cache(tmp_path, monkeypatch):
+    """The task side and the cache format. That the driver itself writes the cache during a real run
+    is asserted through run.py in tests/test_digits_e2e.py."""
     monkeypatch.chdir(tmp_path)  # a task that wrote into its current directory would write here
     pool, (ref_x, ref_y) = load_real(DataConfig(name=DataName.digits, n_reference=500), 0)
     cache = tmp_path / "cache"

@@ -158,9 +158,12 @@ def test_driver_remote_and_tasks_import_no_family_module(module):
             continue
         for name in names:
             assert not any(name == f"mad.models.{f}" for f in FAMILY_MODULES), f"mad/{module}.py imports {name}"
-    # and no branch on a family by name
+    # and no branch on a family by name: neither the Family constants nor a built-in family's name as a string
     source = (ROOT / "mad" / f"{module}.py").read_text()
     assert "Family." not in source and "Family(" not in source
+    names = {"gaussian", "diffusion", "gmm", "kde", "mlp_diffusion", "gan"}
+    literals = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+    assert not names & set(literals), f"mad/{module}.py names a family: {sorted(names & set(literals))}"
 
 
 # ----------------------------------------------------------------------------- plug-ins through run.py
