@@ -27,7 +27,7 @@ from mad import seeding
 from mad.config import ModelConfig, SampleConfig, TrainConfig
 from mad.pixels import resolve_device, to_uint8, to_unit_range
 from mad.progress import progress_bar
-from mad.models.training import index_batches
+from mad.models.training import index_batches, sub_state
 
 
 class Generator(nn.Module):
@@ -69,10 +69,6 @@ def _check_shape(shape: tuple) -> tuple[int, int, int]:
     return c, h, w
 
 
-def _split(state: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
 def train(x: np.ndarray, y: Optional[np.ndarray], num_classes: int, model: ModelConfig, train: TrainConfig,
           seed: int, init_state: Optional[dict[str, torch.Tensor]] = None, progress: bool = False,
           device: Optional[str] = None) -> dict[str, torch.Tensor]:
@@ -87,8 +83,8 @@ def train(x: np.ndarray, y: Optional[np.ndarray], num_classes: int, model: Model
         torch.manual_seed(seeding.derive_seed64(seed, 0))
         g, d = Generator(cfg.latent_dim, cfg.width, shape), Discriminator(cfg.width, shape)
     if init_state is not None:
-        g.load_state_dict(_split(init_state, "gen."))
-        d.load_state_dict(_split(init_state, "disc."))
+        g.load_state_dict(sub_state(init_state, "gen."))
+        d.load_state_dict(sub_state(init_state, "disc."))
     g.to(dev).train()
     d.to(dev).train()
     opt_g = torch.optim.Adam(g.parameters(), lr=train.lr, betas=(0.5, 0.999))
@@ -125,7 +121,7 @@ def sample(state: dict[str, torch.Tensor], n: int, num_classes: int, image_shape
     cfg = model.gan
     dev = resolve_device(device)
     g = Generator(cfg.latent_dim, cfg.width, shape)
-    g.load_state_dict(_split(state, "gen."))
+    g.load_state_dict(sub_state(state, "gen."))
     g.to(dev).eval()  # batch norm in inference mode: a sample does not depend on its batch mates
     latent_gen = torch.Generator().manual_seed(seeding.derive_seed64(seed, 1))
     out = np.empty((n, *shape), dtype=np.uint8)

@@ -36,7 +36,7 @@ from mad import seeding
 from mad.config import ModelConfig, SampleConfig, Scheduler, TrainConfig
 from mad.pixels import resolve_device
 from mad.progress import progress_bar
-from mad.models.training import index_batches, make_ema
+from mad.models.training import index_batches, make_ema, sub_state
 
 BETA_SCHEDULE = "squaredcos_cap_v2"
 CLIP_MARGIN = 1.5
@@ -112,7 +112,7 @@ def train(x: np.ndarray, y: Optional[np.ndarray], num_classes: int, model: Model
         torch.manual_seed(seeding.derive_seed64(seed, 0))
         net = build_denoiser(model, x.shape[1])
     if init_state is not None:
-        net.load_state_dict({k[len("net."):]: v for k, v in init_state.items() if k.startswith("net.")})
+        net.load_state_dict(sub_state(init_state, "net."))
     net.to(dev).train()
     T = int(model.mlp_diffusion.num_train_timesteps)
     scheduler = DDPMScheduler(num_train_timesteps=T, beta_schedule=BETA_SCHEDULE)
@@ -152,7 +152,7 @@ def sample(state: dict[str, torch.Tensor], n: int, num_classes: int, sample_shap
     mean, std = state["data_mean"].numpy(), state["data_std"].numpy()
     dim = int(mean.shape[0])
     net = build_denoiser(model, dim)
-    net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
+    net.load_state_dict(sub_state(state, "net."))
     net.to(dev).eval()
     T = int(model.mlp_diffusion.num_train_timesteps)
     steps = min(int(sample.steps), T)

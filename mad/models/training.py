@@ -31,3 +31,8 @@ def make_ema(params: list[torch.nn.Parameter], max_decay: float) -> EMAModel:
     """
     # foreach: two fused list ops per step instead of three small kernels per tensor
     return EMAModel(params, decay=max_decay, use_ema_warmup=False, foreach=True)
+
+
+def sub_state(state: dict, prefix: str) -> dict:
+    """The entries of a flat state dict under ``prefix``, with the prefix stripped (one module's weights)."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
