@@ -33,6 +33,7 @@ import loops  # noqa: E402
 from mad import seeding, tasks  # noqa: E402
 from mad.config import Scheduler, load_config  # noqa: E402
 from mad.data import load_real  # noqa: E402
+from mad.models import get_family  # noqa: E402
 
 # (scheduler, steps, clip); the full-T ancestral DDPM with clipping (Ho et al.'s sampler, which
 # MAD used) is the reference the others are judged against
@@ -90,14 +91,16 @@ def main() -> None:
 
     # generation 1 as the driver builds it: the loop's manifest, the chain seed, tasks.train_generation
     manifest = loops.next_training_set(cfg.loop.kind, 1, {}, cfg.loop, seeding.rng(cfg.seed, 1, seeding.LOOP))
-    state, train_wall, train_cpu = timed(lambda: tasks.train_generation(
-        pool, cfg.seed, 1, manifest.to_json(), [], [], model.family, model, cfg.train, device="cpu"))
+    family = get_family(model.family)
+    job = tasks.TrainJob(seed=cfg.seed, gen=1, manifest=manifest.to_json(), synth_gens=(), shard_counts=(),
+                         family=family, model=model, train=cfg.train)
+    state, train_wall, train_cpu = timed(lambda: tasks.train_generation(job, pool, [], device="cpu"))
     print(f"generation-1 training ({manifest.n_real} real samples, {cfg.train.steps} steps): "
           f"wall {train_wall:.1f} s, cpu {train_cpu:.1f} s", flush=True)
 
     def score(x, y) -> dict:
-        return tasks.evaluate_generation(reference, state, [(x, y)], n_eval, cfg.metrics, model.family,
-                                         cfg.sample.bias, None, False)
+        return tasks.evaluate_generation(tasks.EvalJob(n_eval=n_eval, metrics=cfg.metrics, family=family,
+                                                       bias=cfg.sample.bias), reference, state, [(x, y)])
 
     # the ceiling: real training digits (generation 1's own set) scored like a synthetic set
     real_x, real_y = tasks.assemble_training_set(pool, cfg.seed, manifest.to_json(), [], [])
@@ -110,9 +113,10 @@ def main() -> None:
         scfg = dataclasses.replace(cfg.sample, scheduler=sched, steps=steps, clip=clip)
         per_seed, walls, cpus = [], [], []
         for s in range(args.seeds):
-            (x, y), wall, cpu = timed(lambda: tasks.sample_shard(
-                state, n_eval, 0, pool.sample_shape, pool.num_classes, class_probs, cfg.seed + s, 1,
-                model.family, model, scfg, device="cpu"))
+            job = tasks.SampleJob(seed=cfg.seed + s, gen=1, shard=0, n=n_eval, pool_shape=pool.sample_shape,
+                                  num_classes=pool.num_classes, class_probs=class_probs, family=family,
+                                  model=model, sample=scfg)
+            (x, y), wall, cpu = timed(lambda: tasks.sample_shard(job, state, device="cpu"))
             m = score(x, y)
             per_seed.append(m)
             walls.append(wall * 500 / n_eval)

@@ -76,9 +76,11 @@ def sample_generation(state: dict, pool: RealPool, cfg: Config, gen: int, progre
                       device: Optional[str] = None, family: Any = None) -> list[tasks.Shard]:
     """Every sample shard of a generation, in shard order (the shards the Ray path samples in parallel)."""
     probs = class_probs(pool, cfg)
-    return [tasks.sample_shard(state, n, i, pool.sample_shape, pool.num_classes, probs, cfg.seed, gen,
-                               family or get_family(cfg.model.family), cfg.model, cfg.sample, progress=progress,
-                               device=device)
+    family = family or get_family(cfg.model.family)
+    return [tasks.sample_shard(tasks.SampleJob(seed=cfg.seed, gen=gen, shard=i, n=n, pool_shape=pool.sample_shape,
+                                               num_classes=pool.num_classes, class_probs=probs, family=family,
+                                               model=cfg.model, sample=cfg.sample, progress=progress),
+                               state, device=device)
             for i, n in enumerate(tasks.shard_sizes(n_samples(cfg, gen), cfg.resources.sample_shards))]
 
 
@@ -139,13 +141,16 @@ def run_generation(chain: BlockChain, pool: RealPool, reference: Any, real: Opti
                                        seeding.rng(cfg.seed, gen, seeding.LOOP))
     synth_gens = [p.gen for p in manifest.synth]
     init_state = chain.prev_state if cfg.train.init == TrainInit.previous else None
-    state = tasks.train_generation(pool, cfg.seed, gen, manifest.to_json(), synth_gens,
-                                   [[chain.synth[g]] for g in synth_gens], chain.family, cfg.model,
-                                   cfg.train, init_state=init_state, device=device)
+    job = tasks.TrainJob(seed=cfg.seed, gen=gen, manifest=manifest.to_json(), synth_gens=tuple(synth_gens),
+                         shard_counts=tuple(1 for _ in synth_gens), family=chain.family, model=cfg.model,
+                         train=cfg.train)
+    state = tasks.train_generation(job, pool, [[chain.synth[g]] for g in synth_gens], init_state=init_state,
+                                   device=device)
     shards = sample_generation(state, pool, cfg, gen, device=device, family=chain.family)
-    metrics = tasks.evaluate_generation(reference, state, shards, cfg.metrics.n_eval, cfg.metrics,
-                                        chain.family, cfg.sample.bias, real,
-                                        device=device, score_samples=scores_samples(cfg, gen))
+    metrics = tasks.evaluate_generation(
+        tasks.EvalJob(n_eval=cfg.metrics.n_eval, metrics=cfg.metrics, family=chain.family, bias=cfg.sample.bias,
+                      real=real, score_samples=scores_samples(cfg, gen)),
+        reference, state, shards, device=device)
     x, y = tasks.concat_shards(shards)
     size = synth_size(cfg, gen)
     if size:

@@ -145,15 +145,14 @@ def train_data_parallel(x: np.ndarray, y: Optional[np.ndarray], num_classes: int
     return out
 
 
-def train_generation_data_parallel(pool: RealPool, seed: int, gen: int, manifest: dict, synth_gens: Sequence[int],
-                                   synth_shards: Sequence[Sequence[tasks.Shard]], family: ModelFamily,
-                                   model: ModelConfig, train: TrainConfig, resources: ResourcesConfig,
-                                   init_state: Optional[dict] = None, progress: bool = False) -> dict:
+def train_generation_data_parallel(job: tasks.TrainJob, pool: RealPool,
+                                   synth_shards: Sequence[Sequence[tasks.Shard]], resources: ResourcesConfig,
+                                   init_state: Optional[dict] = None) -> dict:
     """``tasks.train_generation`` for ``train.num_workers > 1``: the same data and seed, trained with DDP."""
-    x, y, train_seed = tasks.training_inputs(pool, seed, gen, manifest, synth_gens, synth_shards, model)
-    state = train_data_parallel(x, y, pool.num_classes, model, train, train_seed,
-                                resources, init_state=init_state, progress=progress, family=family).state
+    x, y, train_seed = tasks.training_inputs(job, pool, synth_shards)
+    state = train_data_parallel(x, y, pool.num_classes, job.model, job.train, train_seed,
+                                resources, init_state=init_state, progress=job.progress, family=job.family).state
     from mad.divergence import check_state
 
-    check_state(state, family)  # the same check as the single-worker path (tasks.train_generation)
+    check_state(state, job.family)  # the same check as the single-worker path (tasks.train_generation)
     return state

@@ -33,6 +33,7 @@ from mad.divergence import DivergedError
 from mad.models import get_family
 from mad.plan import Chain, plan_chains
 from mad.progress import console_print
+from mad.tasks import EvalJob, SampleJob, TrainJob, shard_sizes
 
 TIMING_FIELDS = ("wall_s", "time")
 REPORT_EVERY_S = 10.0
@@ -507,21 +508,22 @@ class Driver:
         if tkey is not None and tkey in self._shared_train:
             state = self._shared_train[tkey][1]
         else:
-            state = stages.train.remote(pool_ref, seed, gen, manifest.to_json(), synth_gens, counts,
-                                        family, cfg.model, cfg.train, init_state, self._bars, *flat)
+            job = TrainJob(seed=seed, gen=gen, manifest=manifest.to_json(), synth_gens=tuple(synth_gens),
+                           shard_counts=tuple(counts), family=family, model=cfg.model, train=cfg.train,
+                           progress=self._bars)
+            state = stages.train.remote(job, pool_ref, init_state, *flat)
             self.n_trained += 1
             if tkey is not None:
                 self._shared_train[tkey] = (gen, state)
-        from mad.tasks import shard_sizes
-
         shards = [
-            stages.sample.remote(state, n, i, pool.sample_shape, pool.num_classes, class_probs, seed, gen,
-                                 family, cfg.model, cfg.sample, self._bars)
+            stages.sample.remote(SampleJob(seed=seed, gen=gen, shard=i, n=n, pool_shape=pool.sample_shape,
+                                           num_classes=pool.num_classes, class_probs=class_probs, family=family,
+                                           model=cfg.model, sample=cfg.sample, progress=self._bars), state)
             for i, n in enumerate(shard_sizes(n_sample, cfg.resources.sample_shards))
         ]
-        metrics = stages.evaluate.remote(r.reference, state, cfg.metrics.n_eval, cfg.metrics, family,
-                                         cfg.sample.bias, self.real[r.data_key], *shards,
-                                         score_samples=blocks.scores_samples(cfg, gen))
+        job = EvalJob(n_eval=cfg.metrics.n_eval, metrics=cfg.metrics, family=family, bias=cfg.sample.bias,
+                      real=self.real[r.data_key], score_samples=blocks.scores_samples(cfg, gen))
+        metrics = stages.evaluate.remote(job, r.reference, state, *shards)
         if key is not None:
             self._shared[key] = (gen, state, shards, metrics)
         return Submitted(r, gen, manifest, state, shards, time.time(), key), metrics

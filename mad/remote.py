@@ -165,25 +165,15 @@ def _use_assigned_resources() -> Optional[str]:
     return "cpu"
 
 
-def _split_shards(flat_shards: tuple, shard_counts) -> list:
-    shards, i = [], 0
-    for count in shard_counts:
-        shards.append(flat_shards[i:i + count])
-        i += count
-    return shards
-
-
 @ray.remote
-def _train(pool, seed, gen, manifest, synth_gens, shard_counts, family, model, train, init_state, progress,
-           *flat_shards):
+def _train(job: tasks.TrainJob, pool, init_state, *flat_shards):
     device = _use_assigned_resources()
-    return tasks.train_generation(pool, seed, gen, manifest, synth_gens, _split_shards(flat_shards, shard_counts),
-                                  family, model, train, init_state=init_state, progress=progress, device=device)
+    return tasks.train_generation(job, pool, tasks.split_shards(flat_shards, job.shard_counts),
+                                  init_state=init_state, device=device)
 
 
 @ray.remote
-def _train_data_parallel(pool, seed, gen, manifest, synth_gens, shard_counts, family, model, train, init_state,
-                         progress, *flat_shards, resources):
+def _train_data_parallel(job: tasks.TrainJob, pool, init_state, *flat_shards, resources):
     """The launcher of a Ray Train (DDP) run: the same arguments and result as ``_train``.
 
     It only assembles the data and waits, so it asks for no CPU (see ``_TrainStage``); the
@@ -191,9 +181,8 @@ def _train_data_parallel(pool, seed, gen, manifest, synth_gens, shard_counts, fa
     """
     from mad import distributed
 
-    return distributed.train_generation_data_parallel(pool, seed, gen, manifest, synth_gens,
-                                                      _split_shards(flat_shards, shard_counts), family, model,
-                                                      train, resources, init_state=init_state, progress=progress)
+    return distributed.train_generation_data_parallel(job, pool, tasks.split_shards(flat_shards, job.shard_counts),
+                                                      resources, init_state=init_state)
 
 
 class _TrainStage:
@@ -208,28 +197,24 @@ class _TrainStage:
         # the launcher's process; Ray Train reruns the training itself when a worker dies.
         self.data_parallel = _train_data_parallel.options(num_cpus=0, max_retries=res.max_retries)
 
-    def remote(self, pool, seed, gen, manifest, synth_gens, shard_counts, family, model, train, init_state,
-               progress, *flat_shards):
-        args = (pool, seed, gen, manifest, synth_gens, shard_counts, family, model, train, init_state, progress,
-                *flat_shards)
+    def remote(self, job: tasks.TrainJob, pool: Any, init_state: Any, *flat_shards: Any) -> Any:
+        """``pool``, ``init_state`` and the shards may be object refs: Ray resolves top-level arguments."""
         # only a family with a gradient loop to split declares supports_data_parallel; a fit in one pass does not
-        if train.num_workers > 1 and family.supports_data_parallel:
-            return self.data_parallel.remote(*args, resources=self.res)
-        return self.single.remote(*args)
+        if job.train.num_workers > 1 and job.family.supports_data_parallel:
+            return self.data_parallel.remote(job, pool, init_state, *flat_shards, resources=self.res)
+        return self.single.remote(job, pool, init_state, *flat_shards)
 
 
 @ray.remote
-def _sample(state, n, shard, pool_shape, num_classes, class_probs, seed, gen, family, model, sample, progress):
+def _sample(job: tasks.SampleJob, state):
     device = _use_assigned_resources()
-    return tasks.sample_shard(state, n, shard, pool_shape, num_classes, class_probs, seed, gen, family,
-                              model, sample, progress=progress, device=device)
+    return tasks.sample_shard(job, state, device=device)
 
 
 @ray.remote
-def _evaluate(reference, state, n_eval, metrics, family, bias, real, *shards, score_samples=True):
+def _evaluate(job: tasks.EvalJob, reference, state, *shards):
     device = _use_assigned_resources()
-    return tasks.evaluate_generation(reference, state, shards, n_eval, metrics, family, bias, real, device=device,
-                                     score_samples=score_samples)
+    return tasks.evaluate_generation(job, reference, state, shards, device=device)
 
 
 @ray.remote(num_returns=2)

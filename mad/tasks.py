@@ -7,7 +7,8 @@ from ``model.family``); nothing here names a family or a data set.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -18,6 +19,65 @@ from mad.data import RealPool
 from mad.models.protocol import ModelFamily, RealDistribution
 
 Shard = tuple  # (x, y) of one sampled shard
+
+
+# Typed jobs: what determines a stage's result, apart from the large inputs (the real pool, model
+# weights, sample shards) that travel as separate arguments so Ray can pass them as object refs.
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One generation's training: the chain's seed, the loop's manifest (which real and synthetic parts)
+    and the family with its config. ``shard_counts[i]`` is how many shards ``synth_gens[i]`` came in."""
+
+    seed: int
+    gen: int
+    manifest: dict
+    synth_gens: tuple[int, ...]
+    shard_counts: tuple[int, ...]
+    family: ModelFamily
+    model: ModelConfig
+    train: TrainConfig
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class SampleJob:
+    """One shard of a generation's synthetic set (``shard`` seeds it; ``n`` samples)."""
+
+    seed: int
+    gen: int
+    shard: int
+    n: int
+    pool_shape: tuple
+    num_classes: int
+    class_probs: Optional[np.ndarray]
+    family: ModelFamily
+    model: ModelConfig
+    sample: SampleConfig
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """The metrics of a generation: sample-based ones on its first ``n_eval`` samples (when
+    ``score_samples``), closed-form ones when the real distribution ``real`` is known."""
+
+    n_eval: int
+    metrics: MetricsConfig
+    family: ModelFamily
+    bias: float
+    real: Optional[RealDistribution] = None
+    score_samples: bool = True
+
+
+def split_shards(flat_shards: Sequence[Any], shard_counts: Sequence[int]) -> list:
+    """Flat shards (as Ray passes resolved refs) back into one list per synthetic generation."""
+    shards, i = [], 0
+    for count in shard_counts:
+        shards.append(tuple(flat_shards[i:i + count]))
+        i += count
+    return shards
 
 
 def concat_shards(shards: Sequence[Shard]) -> tuple[np.ndarray, Optional[np.ndarray]]:
@@ -51,24 +111,21 @@ def assemble_training_set(pool: RealPool, seed: int, manifest: dict, synth_gens:
     return x, y
 
 
-def training_inputs(pool: RealPool, seed: int, gen: int, manifest: dict, synth_gens: Sequence[int],
-                    synth_shards: Sequence[Sequence[Shard]], model: ModelConfig
+def training_inputs(job: TrainJob, pool: RealPool, synth_shards: Sequence[Sequence[Shard]]
                     ) -> tuple[np.ndarray, Optional[np.ndarray], int]:
     """(x, y, training seed) of a generation; the single-process and the DDP paths both use it."""
-    x, y = assemble_training_set(pool, seed, manifest, synth_gens, synth_shards)
-    if not model.conditional:
+    x, y = assemble_training_set(pool, job.seed, job.manifest, job.synth_gens, synth_shards)
+    if not job.model.conditional:
         y = None
-    return x, y, seeding.derive_seed(seed, gen, seeding.TRAIN)
+    return x, y, seeding.derive_seed(job.seed, job.gen, seeding.TRAIN)
 
 
-def train_generation(pool: RealPool, seed: int, gen: int, manifest: dict, synth_gens: Sequence[int],
-                     synth_shards: Sequence[Sequence[Shard]], family: ModelFamily, model: ModelConfig,
-                     train: TrainConfig, init_state: Optional[dict] = None, progress: bool = False,
-                     device: Optional[str] = None) -> dict:
-    x, y, train_seed = training_inputs(pool, seed, gen, manifest, synth_gens, synth_shards, model)
-    state = family.train(x, y, pool.num_classes, model, train, train_seed,
-                         init_state=init_state, progress=progress, device=device)
-    check_state(state, family)  # every family: NaN weights must not be sampled, scored and trained on
+def train_generation(job: TrainJob, pool: RealPool, synth_shards: Sequence[Sequence[Shard]],
+                     init_state: Optional[dict] = None, device: Optional[str] = None) -> dict:
+    x, y, train_seed = training_inputs(job, pool, synth_shards)
+    state = job.family.train(x, y, pool.num_classes, job.model, job.train, train_seed,
+                             init_state=init_state, progress=job.progress, device=device)
+    check_state(state, job.family)  # every family: NaN weights must not be sampled, scored and trained on
     return state
 
 
@@ -78,40 +135,35 @@ def shard_sizes(n: int, num_shards: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(num_shards)]
 
 
-def sample_shard(state: dict, n: int, shard: int, pool_shape: tuple, num_classes: int,
-                 class_probs: Optional[np.ndarray], seed: int, gen: int, family: ModelFamily,
-                 model: ModelConfig, sample: SampleConfig, progress: bool = False,
-                 device: Optional[str] = None) -> Shard:
-    if not model.conditional:
-        num_classes = 0
-    x, y = family.sample(
-        state, n, num_classes, pool_shape, model, sample,
-        seeding.derive_seed(seed, gen, seeding.SAMPLE, shard),
-        class_probs=class_probs, progress=progress, device=device,
+def sample_shard(job: SampleJob, state: dict, device: Optional[str] = None) -> Shard:
+    num_classes = job.num_classes if job.model.conditional else 0
+    x, y = job.family.sample(
+        state, job.n, num_classes, job.pool_shape, job.model, job.sample,
+        seeding.derive_seed(job.seed, job.gen, seeding.SAMPLE, job.shard),
+        class_probs=job.class_probs, progress=job.progress, device=device,
     )
-    check_samples(x, family)
+    check_samples(x, job.family)
     return x, y
 
 
-def evaluate_generation(reference, state: dict, shards: Sequence[Shard], n_eval: int,
-                        metrics: MetricsConfig, family: ModelFamily, bias: float,
-                        real: Optional[RealDistribution], device: Optional[str] = None,
-                        score_samples: bool = True) -> dict[str, Optional[float]]:
-    """Sample-based metrics against the reference set (``score_samples=False``, see ``metrics.every``:
-    none); with ``real`` known in closed form, the family's closed-form metrics (if it has any) and,
+def evaluate_generation(job: EvalJob, reference: Any, state: dict, shards: Sequence[Shard],
+                        device: Optional[str] = None) -> dict[str, Optional[float]]:
+    """Sample-based metrics against the reference set (``job.score_samples=False``, see ``metrics.every``:
+    none); with ``job.real`` known in closed form, the family's closed-form metrics (if it has any) and,
     for a mixture, the mode metrics of its samples."""
     from mad.metrics import evaluate
 
     out = {}
     x, y = concat_shards(shards)
-    x, y = x[:n_eval], None if y is None else y[:n_eval]
-    if score_samples:
-        out.update(evaluate(reference, x, y, metrics))
+    x, y = x[:job.n_eval], None if y is None else y[:job.n_eval]
+    if job.score_samples:
+        out.update(evaluate(reference, x, y, job.metrics))
+    real = job.real
     if real is not None:
-        closed_form = getattr(family, "closed_form_metrics", None)
+        closed_form = getattr(job.family, "closed_form_metrics", None)
         if closed_form is not None:
-            out.update(closed_form(state, bias, real))
-        if not real.is_gaussian and score_samples:
+            out.update(closed_form(state, job.bias, real))
+        if not real.is_gaussian and job.score_samples:
             from mad.metrics.modes import mode_metrics
 
             out.update(mode_metrics(x, real))
