@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mad.report import (ReportError, _summary, group_chains, load_run, metric_lines, text_table, theory_logdet_ratio,
+from mad.report.figures import _summary
+from mad.report import (ReportError, group_chains, load_run, metric_lines, text_table, theory_logdet_ratio,
                         theory_trace_ratio, write_report)
 from report_fixtures import write_digits_run, write_empty_run, write_gaussian_run
 
