@@ -6,26 +6,22 @@ from __future__ import annotations
 
 import html
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
 import numpy as np
 
 from mad.plots import Line, first_two_dims
 from mad.report import names
-from mad.report.names import HEATMAP_PREFERENCE, LOG_Y_METRICS, METRIC_HINTS
+from mad.report.names import HEATMAP_PREFERENCE, METRIC_HINTS
 from mad.report.read import (BANDS, SEED_KEY, ChainInfo, ReportError, RunData, _dotted_get, _finite, _label,
-                             final_value)
+                             final_value, select_gens)
 
 LOOP_ORDER = ("fully_synthetic", "synthetic_augmentation", "fresh_data")
-# One hue family per loop kind; shades tell apart other swept keys within a loop kind.
-LOOP_PALETTES = {
-    "fully_synthetic": ("#d62728", "#ff7f0e", "#8c1c13", "#f4a582", "#e7298a"),
-    "synthetic_augmentation": ("#1f77b4", "#17becf", "#08306b", "#6baed6", "#3f51b5"),
-    "fresh_data": ("#2ca02c", "#8fbc3f", "#00441b", "#66c2a4", "#006d5b"),
-}
-OTHER_PALETTES = (("#9467bd", "#c5b0d5", "#54278f"), ("#8c564b", "#c49c94", "#543005"),
-                  ("#7f7f7f", "#bcbd22", "#393939"))
+# One hue per loop kind; the groups of a loop kind (lambda, other swept keys) get shades of it.
+LOOP_HUES = {"fully_synthetic": "#d62728", "synthetic_augmentation": "#1f77b4", "fresh_data": "#2ca02c"}
+OTHER_HUES = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+MARKER_MAX_GENS = 20  # more generations than this: lines only, markers would hide them
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")  # by lambda, 1.0 first
 
 
@@ -43,7 +39,8 @@ class Group:
 
 
 def group_chains(run: RunData) -> list[Group]:
-    """Group by everything swept except the seed; colour by loop kind, dash by lambda."""
+    """Group by everything swept except the seed: a hue per loop kind, a shade of it per group of that
+    loop kind, a dash per lambda (per other swept key where lambda is not swept)."""
     buckets: dict[tuple, Group] = {}
     for c in run.chains:
         others = tuple((k, _label(v)) for k, v in c.assignment.items()
@@ -64,16 +61,30 @@ def group_chains(run: RunData) -> list[Group]:
     short = {k: k.rsplit(".", 1)[-1] for k in other_keys}
     if len(set(short.values())) < len(short):
         short = {k: k for k in other_keys}
-    shade: dict[str, dict[tuple, int]] = {}
+    variants: dict[str, list[tuple]] = {}  # loop -> its groups' (others, lambda), in drawing order
     for g in groups:
-        shades = shade.setdefault(g.loop, {})
-        idx = shades.setdefault(g.others, len(shades))
-        palette = LOOP_PALETTES.get(g.loop) or OTHER_PALETTES[(loop_rank[g.loop] - len(LOOP_ORDER)) % len(OTHER_PALETTES)]
-        g.color = palette[idx % len(palette)]
-        g.dash = DASHES[biases.index(g.bias) % len(DASHES)]
+        variants.setdefault(g.loop, []).append((g.others, g.bias))
+    others_all = list(dict.fromkeys(g.others for g in groups))
+    for g in groups:
+        hue = LOOP_HUES.get(g.loop) or OTHER_HUES[(loop_rank[g.loop] - len(LOOP_ORDER)) % len(OTHER_HUES)]
+        mine = variants[g.loop]
+        g.color = shade(hue, mine.index((g.others, g.bias)), len(mine))
+        # the dash follows lambda when lambda is swept, else the other swept keys
+        g.dash = DASHES[(biases.index(g.bias) if len(biases) > 1 else others_all.index(g.others)) % len(DASHES)]
         g.label = " · ".join([g.loop, f"λ={g.bias:g}"] + [f"{short[k]}={v}" for k, v in g.others])
         g.chains.sort(key=lambda c: (0, c.seed, "") if isinstance(c.seed, (int, float)) else (1, 0, _label(c.seed)))
     return groups
+
+
+def shade(hue: str, i: int, n: int) -> str:
+    """The i-th of n shades of ``hue``, dark to light: mixed with black for the first, white for the last."""
+    if n <= 1:
+        return hue
+    t = -0.45 + 1.0 * i / (n - 1)  # -0.45 (darker) .. 0.55 (lighter)
+    r, g, b = (int(hue.lstrip("#")[k:k + 2], 16) for k in (0, 2, 4))
+    target = 255 if t > 0 else 0
+    mix = [round(c + (target - c) * abs(t)) for c in (r, g, b)]
+    return "#" + "".join(f"{c:02x}" for c in mix)
 
 
 def _gens_with(run: RunData, chain: ChainInfo, key: str) -> tuple[list[int], list[float]]:
@@ -197,9 +208,13 @@ def theory_logdet_ratio(run: RunData, group: Group, per_dim: bool = False) -> Op
 def _summary(vals: np.ndarray, band: str, log_y: bool) -> tuple[float, Optional[float], Optional[float]]:
     """(centre, lower edge, upper edge) of one generation's values over seeds.
 
-    mean_std: mean -+ std (ddof 1); median_iqr: median and the 25th/75th percentiles (numpy's
-    linear interpolation). No band from a single value. On a log axis mean - std is often <= 0,
-    which a log axis cannot draw: there the lower edge is clipped to the lowest seed's value."""
+    mean_std: the mean with a band of one std (ddof 1) around it; median_iqr: the median and the
+    25th/75th percentiles (numpy's linear interpolation; the same on any monotone axis). No band
+    from a single value. On a log axis the spread is taken in log space: the band is the mean
+    times / divided by the geometric standard deviation exp(std(log v)), so it is symmetric on
+    the axis and never reaches zero. The centre stays the arithmetic mean there, the quantity the
+    trace-ratio theory curve predicts. Non-positive values (undrawable on a log axis) are left out
+    of the log-space spread; fewer than two positive values: no band."""
     if band == "median_iqr":
         centre = float(np.median(vals))
         if len(vals) < 2:
@@ -208,20 +223,25 @@ def _summary(vals: np.ndarray, band: str, log_y: bool) -> tuple[float, Optional[
     centre = float(vals.mean())
     if len(vals) < 2:
         return centre, None, None
+    if log_y:
+        pos = vals[vals > 0]
+        if len(pos) < 2 or centre <= 0:
+            return centre, None, None
+        gsd = math.exp(float(np.log(pos).std(ddof=1)))
+        return centre, centre / gsd, centre * gsd
     s = float(vals.std(ddof=1))
-    lo = centre - s
-    if log_y and lo <= 0:
-        lowest = float(vals.min())
-        lo = lowest if lowest > 0 else None
-    return centre, lo, centre + s
+    return centre, centre - s, centre + s
 
 
-def metric_lines(run: RunData, groups: list[Group], metric: str, band: str = "mean_std") -> list[Line]:
+def metric_lines(run: RunData, groups: list[Group], metric: str, band: str = "mean_std",
+                 log_y: Optional[bool] = None) -> list[Line]:
     """The curves of one metric panel: per group a single line, or faint seeds plus the group's
-    summary over seeds (``band``: mean_std or median_iqr, see :func:`_summary`)."""
+    summary over seeds (``band``: mean_std or median_iqr, see :func:`_summary`; ``log_y``: the
+    panel's scale, by default :func:`names.log_by_default`). A summary point over fewer seeds than
+    the group has (a generation some seeds have not finished) is listed in ``extra["partial"]``."""
     if band not in BANDS:
         raise ReportError(f"report.band: unknown band {band!r}; choose one of {', '.join(BANDS)}")
-    log_y = metric in LOG_Y_METRICS
+    log_y = names.log_by_default(metric) if log_y is None else log_y
     lines: list[Line] = []
     for g in groups:
         series = [(c, *_gens_with(run, c, metric)) for c in g.chains]
@@ -245,10 +265,13 @@ def metric_lines(run: RunData, groups: list[Group], metric: str, band: str = "me
             lo.append(low)
             hi.append(high)
             counts.append(len(vals))
-        what = "median, IQR" if band == "median_iqr" else "mean ± std"
+        # a generation not every seed has finished: its value would jump when the rest arrive
+        finished = {gen: sum(gen in c.done for c in g.chains) for gen in gens}
+        partial = [i for i, gen in enumerate(gens) if finished[gen] < len(g.chains)]
+        what = "median, IQR" if band == "median_iqr" else ("mean, ×/÷ geometric std" if log_y else "mean ± std")
         lines.append(Line(x=gens, y=centre, label=f"{g.label} ({what}, {len(g.chains)} seeds)", group=g.label,
                           color=g.color, dash=g.dash, role="mean", hover=g.label, lo=lo, hi=hi,
-                          extra={"counts": counts, "band": band}))
+                          extra={"counts": counts, "band": band, "partial": partial, "seeds": len(g.chains)}))
     if metric == "trace_ratio":
         lines += [t for t in (theory_trace_ratio(run, g) for g in groups) if t is not None]
     elif metric in ("logdet_ratio", "logdet_ratio_per_dim"):
@@ -263,8 +286,10 @@ def _rgba(hex_color: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
-def _plotly_traces(line: Line, metric: str, axis: str, legend_shown: set[str]) -> list[dict]:
-    """plotly traces for one Line on subplot ``axis`` ("" for the first, then "2", "3", ...)."""
+def _plotly_traces(line: Line, metric: str, axis: str, legend_shown: set[str], markers: bool) -> list[dict]:
+    """plotly traces for one Line on subplot ``axis`` ("" for the first, then "2", "3", ...).
+    ``markers``: a marker on every point (few generations); points over only some seeds get a
+    hollow marker either way."""
     where = {"xaxis": f"x{axis}", "yaxis": f"y{axis}"}
     first = line.group not in legend_shown
     if line.role == "chain":
@@ -280,21 +305,27 @@ def _plotly_traces(line: Line, metric: str, axis: str, legend_shown: set[str]) -
         traces.append({**band, "y": line.hi})
         traces.append({**band, "y": line.lo, "fill": "tonexty", "fillcolor": _rgba(line.color, 0.18)})
     legend_shown.add(line.group)
+    partial = set(line.extra.get("partial", ()))
     if line.role == "theory":
         style = {"line": {"color": "black", "dash": line.dash, "width": 1.5},
-                 "marker": {"symbol": "x", "size": 6, "color": "black"}}
+                 "marker": {"symbol": "x", "size": 6 if markers else 0, "color": "black"}}
     else:
+        size = 5 if markers else 0
         style = {"line": {"color": line.color, "dash": line.dash, "width": 2.5 if line.role == "mean" else 2},
-                 "marker": {"size": 5, "color": line.color}}
+                 "marker": {"size": [9 if i in partial else size for i in range(len(line.x))] if partial else size,
+                            "symbol": [("circle-open" if i in partial else "circle") for i in range(len(line.x))]
+                            if partial else "circle", "color": line.color, "line": {"width": 2, "color": line.color}}}
     extra = ""
     if "counts" in line.extra:
-        extra = "<br>%{customdata} seeds"
-    trace = {"type": "scatter", "mode": "lines+markers", "x": line.x, "y": line.y, "name": line.label,
-             "legendgroup": line.group, "showlegend": first, **style,
+        extra = "<br>%{customdata}"
+    trace = {"type": "scatter", "mode": "lines+markers" if markers or partial else "lines", "x": line.x,
+             "y": line.y, "name": line.label, "legendgroup": line.group, "showlegend": first, **style,
              "hovertemplate": f"{html.escape(line.hover)}<br>gen %{{x}}<br>{metric} %{{y:.4g}}{extra}<extra></extra>",
              **where}
     if "counts" in line.extra:
-        trace["customdata"] = line.extra["counts"]
+        n = line.extra.get("seeds", 0)
+        trace["customdata"] = [f"{k} of {n} seeds" + (" (not finished by every seed)" if i in partial else "")
+                               for i, k in enumerate(line.extra["counts"])]
     traces.append(trace)
     return traces
 
@@ -314,35 +345,41 @@ def _grid_domains(n: int, cols: int, panel_px: int, gap_px: int) -> tuple[list[t
     return out, height
 
 
-def metrics_figure(panels: list[tuple[str, list[Line]]]) -> dict:
-    """All metric panels in one figure, so one legend click hides a group in every panel."""
+def metrics_figure(panels: list[tuple[str, list[Line]]], features: Optional[str] = None,
+                   log_axes: Optional[Iterable[str]] = None) -> dict:
+    """All metric panels in one figure, so one legend click hides a group in every panel. Axis titles
+    from :mod:`mad.report.names` (with the feature space); ``log_axes``: the metrics drawn on a log
+    y axis (default: :func:`names.log_by_default`)."""
+    log_set = {m for m, _ in panels if names.log_by_default(m)} if log_axes is None else set(log_axes)
     cols = min(3, len(panels))
     domains, plot_h = _grid_domains(len(panels), cols, panel_px=260, gap_px=80)
     max_gen = max((x for _, lines in panels for ln in lines for x in ln.x), default=1)
+    markers = max_gen <= MARKER_MAX_GENS
     data: list[dict] = []
     legend_shown: set[str] = set()
     layout: dict[str, Any] = {
-        "height": plot_h + 100, "margin": {"t": 40, "b": 60, "l": 60, "r": 10}, "hovermode": "closest",
+        "height": plot_h + 100, "margin": {"t": 40, "b": 60, "l": 70, "r": 10}, "hovermode": "closest",
         "legend": {"x": 1.01, "y": 1, "xanchor": "left", "font": {"size": 11}, "tracegroupgap": 2},
         "plot_bgcolor": "white", "paper_bgcolor": "white", "annotations": [],
     }
     for i, ((metric, lines), (x0, x1, y0, y1)) in enumerate(zip(panels, domains)):
         axis = "" if i == 0 else str(i + 1)
         for line in lines:
-            data += _plotly_traces(line, metric, axis, legend_shown)
+            data += _plotly_traces(line, metric, axis, legend_shown, markers)
         grid = {"showgrid": True, "gridcolor": "#e6e6e6", "zeroline": False, "linecolor": "#888", "showline": True}
         layout[f"xaxis{axis}"] = {"domain": [x0, x1], "anchor": f"y{axis}", "title": {"text": "generation"},
                                   "tickformat": "d", **({"dtick": 1} if max_gen <= 15 else {}), **grid}
-        layout[f"yaxis{axis}"] = {"domain": [y0, y1], "anchor": f"x{axis}", "title": {"text": metric},
-                                  "exponentformat": "power", **grid,
-                                  **({"type": "log"} if metric in LOG_Y_METRICS else {})}
+        layout[f"yaxis{axis}"] = {"domain": [y0, y1], "anchor": f"x{axis}",
+                                  "title": {"text": names.title(metric, features), "font": {"size": 11}},
+                                  "exponentformat": "power", "meta": metric, **grid,
+                                  **({"type": "log"} if metric in log_set else {})}
         hint = METRIC_HINTS.get(metric)
-        title = f"<b>{metric}</b>" + (f" <span style='color:#777'>({hint})</span>" if hint else "")
+        title = f"<b>{html.escape(metric)}</b>" + (f" <span style='color:#777'>({hint})</span>" if hint else "")
         layout["annotations"].append({"text": title, "x": (x0 + x1) / 2, "y": y1, "xref": "paper", "yref": "paper",
                                       "xanchor": "center", "yanchor": "bottom", "showarrow": False,
                                       "font": {"size": 14}})
-    return {"data": data, "layout": layout, "yaxes": [f"yaxis{'' if i == 0 else i + 1}" for i in range(len(panels))]}
-
+    return {"data": data, "layout": layout, "yaxes": [f"yaxis{'' if i == 0 else i + 1}" for i in range(len(panels))],
+            "metrics": [m for m, _ in panels]}
 
 
 def scatter_figure(previews: list[tuple[int, np.ndarray]], color: str) -> dict:
@@ -383,13 +420,40 @@ class Heatmap:
     x_labels: list[str]
     y_key: str
     y_labels: list[str]
-    z: dict[str, list[list[Optional[float]]]]  # metric -> rows (y) x columns (x)
+    z: dict[str, list[list[Optional[float]]]]  # metric -> rows (y) x columns (x), at each chain's last generation
     text: dict[str, list[list[str]]]
     default: str
+    # metric -> [(generation, z, text)]: the same cells at one generation, for the slider
+    by_gen: dict[str, list[tuple[int, list, list]]] = field(default_factory=dict)
+
+
+HEATMAP_SLIDER_STEPS = 40  # generations on the slider at most; evenly spread, the last always kept
+
+
+def _cells(run: RunData, chains: list[ChainInfo], hm_keys: tuple[str, str], labels: tuple[list, list],
+           metric: str, gen: Optional[int]) -> tuple[list, list]:
+    """Mean over seeds of each sweep cell: at generation ``gen``, or at each chain's last one (None)."""
+    (x_key, y_key), (x_labels, y_labels) = hm_keys, labels
+    zm: list[list[Optional[float]]] = [[None] * len(x_labels) for _ in y_labels]
+    tm = [[""] * len(x_labels) for _ in y_labels]
+    cells: dict[tuple[int, int], list[tuple[float, int]]] = {}
+    for c in chains:
+        xl, yl = _label(c.assignment.get(x_key)), _label(c.assignment.get(y_key))
+        if xl not in x_labels or yl not in y_labels:
+            continue
+        v, g = final_value(run, c, metric) if gen is None else (run.value(c.name, gen, metric), gen)
+        if v is not None:
+            cells.setdefault((y_labels.index(yl), x_labels.index(xl)), []).append((v, g))
+    for (i, j), vals in cells.items():
+        zm[i][j] = float(np.mean([v for v, _ in vals]))
+        gens = sorted({g for _, g in vals})
+        tm[i][j] = f"{zm[i][j]:.3g}<br>gen {'/'.join(map(str, gens))}, n={len(vals)}"
+    return zm, tm
 
 
 def heatmaps(run: RunData) -> list[Heatmap]:
-    """Final metric values over the first two swept keys; one heatmap per value of any further key."""
+    """Metric values over the first two swept keys, at the last generation and at each generation
+    (the slider); one heatmap per value of any further key."""
     keys = _heatmap_axes(run)
     if len(keys) < 2 or not run.metrics:
         return []
@@ -402,46 +466,80 @@ def heatmaps(run: RunData) -> list[Heatmap]:
         facets.setdefault(tuple(_label(c.assignment.get(k)) for k in rest), []).append(c)
     out = []
     for facet, chains in facets.items():
-        z, text = {}, {}
+        z, text, by_gen = {}, {}, {}
+        gens = select_gens(sorted({g for c in chains for g in c.done}), HEATMAP_SLIDER_STEPS)
         for metric in run.metrics:
-            zm = [[None] * len(x_labels) for _ in y_labels]
-            tm = [[""] * len(x_labels) for _ in y_labels]
-            cells: dict[tuple[int, int], list[tuple[float, int]]] = {}
-            for c in chains:
-                xl, yl = _label(c.assignment.get(x_key)), _label(c.assignment.get(y_key))
-                if xl not in x_labels or yl not in y_labels:
-                    continue
-                v, gen = final_value(run, c, metric)
-                if v is not None:
-                    cells.setdefault((y_labels.index(yl), x_labels.index(xl)), []).append((v, gen))
-            for (i, j), vals in cells.items():
-                zm[i][j] = float(np.mean([v for v, _ in vals]))
-                gens = sorted({g for _, g in vals})
-                tm[i][j] = f"{zm[i][j]:.3g}<br>gen {'/'.join(map(str, gens))}, n={len(vals)}"
-            z[metric], text[metric] = zm, tm
+            z[metric], text[metric] = _cells(run, chains, (x_key, y_key), (x_labels, y_labels), metric, None)
+            by_gen[metric] = [(g, *_cells(run, chains, (x_key, y_key), (x_labels, y_labels), metric, g)) for g in gens]
         title = ", ".join(f"{k}={v}" for k, v in zip(rest, facet))
         out.append(Heatmap(title=title, x_key=x_key, x_labels=x_labels, y_key=y_key, y_labels=y_labels,
-                           z=z, text=text, default=default))
+                           z=z, text=text, default=default, by_gen=by_gen))
     return out
 
 
-def heatmap_figure(hm: Heatmap) -> dict:
-    """A heatmap with a dropdown over metrics (default: fid, else w2)."""
-    def trace_update(metric: str) -> dict:
-        return {"z": [hm.z[metric]], "text": [hm.text[metric]], "colorbar.title.text": [metric]}
+def _heat_slider(hm: Heatmap, metric: str) -> dict:
+    steps = [{"label": "last", "method": "restyle", "args": [{"z": [hm.z[metric]], "text": [hm.text[metric]]}]}]
+    steps += [{"label": str(g), "method": "restyle", "args": [{"z": [z], "text": [t]}]}
+              for g, z, t in hm.by_gen.get(metric, [])]
+    return {"active": 0, "steps": steps, "x": 0.05, "len": 0.9, "y": 0, "yanchor": "top", "pad": {"t": 50},
+            "currentvalue": {"prefix": "generation: ", "font": {"size": 12}}}
 
-    title = f"final value over the sweep{' · ' + hm.title if hm.title else ''}"
+
+def heatmap_figure(hm: Heatmap) -> dict:
+    """A heatmap with a dropdown over metrics (default: fid, else w2) and a slider over generations
+    ("last": each chain's last finished generation). The colour scale is reversed for metrics where
+    lower is better, so that bright means good on every metric."""
+    def update(metric: str) -> list[dict]:
+        return [{"z": [hm.z[metric]], "text": [hm.text[metric]], "colorbar.title.text": [metric],
+                 "reversescale": [names.lower_is_better(metric) is True]},
+                {"sliders": [_heat_slider(hm, metric)]}]
+
+    title = f"value over the sweep{' · ' + hm.title if hm.title else ''}"
     trace = {"type": "heatmap", "x": hm.x_labels, "y": hm.y_labels, "z": hm.z[hm.default], "text": hm.text[hm.default],
              "texttemplate": "%{text}", "colorscale": "Viridis", "colorbar": {"title": {"text": hm.default}},
+             "reversescale": names.lower_is_better(hm.default) is True,
              "hovertemplate": f"{hm.x_key}=%{{x}}<br>{hm.y_key}=%{{y}}<br>%{{text}}<extra></extra>",
              "xgap": 2, "ygap": 2}
-    buttons = [{"label": m, "method": "restyle", "args": [trace_update(m)]} for m in hm.z]
-    layout = {"height": 140 + 70 * len(hm.y_labels), "margin": {"t": 60, "b": 60, "l": 140, "r": 20},
+    buttons = [{"label": m, "method": "update", "args": update(m)} for m in hm.z]
+    layout = {"height": 230 + 70 * len(hm.y_labels), "margin": {"t": 60, "b": 60, "l": 140, "r": 20},
               "title": {"text": title, "x": 0.5, "font": {"size": 14}},
               "xaxis": {"title": {"text": hm.x_key}, "type": "category"},
               "yaxis": {"title": {"text": hm.y_key}, "type": "category", "autorange": "reversed"},  # sweep order, top down
               "updatemenus": [{"buttons": buttons, "active": list(hm.z).index(hm.default), "x": 0, "xanchor": "left",
-                               "y": 1.02, "yanchor": "bottom", "showactive": True}]}
+                               "y": 1.02, "yanchor": "bottom", "showactive": True}],
+              "sliders": [_heat_slider(hm, hm.default)]}
+    return {"data": [trace], "layout": layout}
+
+
+def class_histograms(run: RunData) -> list[tuple[ChainInfo, list[int], list[list[float]]]]:
+    """Per chain with recorded class histograms (labelled data, classifier features): its
+    generations and, per class, the fraction of generated samples predicted as that class."""
+    out = []
+    for c in run.chains:
+        gens, cols = [], []
+        for g in c.done:
+            hist = run.rows.get((c.name, g), {}).get(names.CLASS_HIST_KEY)
+            if isinstance(hist, list) and hist and all(_finite(v) is not None for v in hist):
+                gens.append(g)
+                cols.append([float(v) for v in hist])
+        if gens:
+            k = max(len(col) for col in cols)
+            z = [[col[i] if i < len(col) else None for col in cols] for i in range(k)]  # class x generation
+            out.append((c, gens, z))
+    return out
+
+
+def class_heatmap_figure(chain: ChainInfo, gens: list[int], z: list[list[float]]) -> dict:
+    """Class x generation: the share of each class among a chain's generated samples."""
+    k = len(z)
+    trace = {"type": "heatmap", "x": gens, "y": [str(i) for i in range(k)], "z": z, "zmin": 0,
+             "zmax": max(0.01, max((v for row in z for v in row if v is not None), default=0.01)),
+             "colorscale": "Viridis", "colorbar": {"title": {"text": "share"}, "thickness": 12},
+             "hovertemplate": "gen %{x}<br>class %{y}<br>share %{z:.3f}<extra></extra>", "xgap": 1, "ygap": 1}
+    layout = {"height": 110 + 16 * k, "margin": {"t": 30, "b": 40, "l": 50, "r": 10},
+              "title": {"text": chain.name, "x": 0.01, "font": {"size": 12}},
+              "xaxis": {"title": {"text": "generation"}, "tickformat": "d"},
+              "yaxis": {"title": {"text": "class"}, "type": "category", "autorange": "reversed"}}
     return {"data": [trace], "layout": layout}
 
 

@@ -6,20 +6,22 @@ from __future__ import annotations
 import base64
 import html
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 from mad.artifacts import write_text
-from mad.plots import Line, encode_png, is_image_batch, tile_images
-from mad.report.figures import (Group, Heatmap, baseline_figure, group_chains, heatmap_figure, heatmaps,
-                                metric_lines, metrics_figure, phase_figure, run_phase_table, scatter_figure)
-from mad.report.names import LOG_Y_METRICS
-from mad.report.read import (BANDS, MAX_PREVIEW_GENS, SEED_KEY, ReportError, RunData, _dotted_get, _finite, _label,
-                             load_preview, load_run, select_gens)
+from mad.plots import encode_png, is_image_batch, tile_images
+from mad.report.figures import (MARKER_MAX_GENS, Group, baseline_figure, class_heatmap_figure, class_histograms,
+                                group_chains, heatmap_figure, heatmaps, metric_lines, metrics_figure, phase_figure,
+                                run_phase_table, scatter_figure)
+from mad.report.names import feature_space
+from mad.report.read import (MAX_PREVIEW_GENS, SEED_KEY, RunData, _dotted_get, _finite, _label, compare_runs,
+                             family_config, load_preview, load_run, run_band, select_gens)
+from mad.report.tables import SUMMARY_CSV, summary_csv
 
 GRID_IMAGES = 16
+MAX_CLASS_HEATMAPS = 24  # chains with a class-drift heatmap on the page
 
 
 def _phase_section(run: RunData, figures: list[dict]) -> str:
@@ -84,10 +86,11 @@ _BOOT_JS = """
     } catch (e) { fail(f.id, e); }
   });
   root.setAttribute('data-mad-figures', String(figs.length));
-  window.madSetYScale = function(id, kind){
+  window.madSetYScale = function(id, kind, axis){
     var f = figs.filter(function(g){ return g.id === id; })[0], upd = {};
-    f.yaxes.forEach(function(a){ upd[a + '.type'] = kind; });
+    (axis ? [axis] : f.yaxes).forEach(function(a){ upd[a + '.type'] = kind; });
     Plotly.relayout(id, upd);
+    if (!axis) document.querySelectorAll('select[data-axis]').forEach(function(s){ s.value = kind; });
   };
 })();
 """
@@ -116,7 +119,7 @@ def _sample_section(run: RunData, groups: list[Group], figures: list[dict]) -> s
     for g in groups:
         for c in g.chains:
             gens = select_gens(c.done)
-            previews = [(gen, x) for gen in gens if (x := load_preview(run.run_dir, c.name, gen)) is not None]
+            previews = [(gen, x) for gen in gens if (x := load_preview(*c.files(run.run_dir), gen)) is not None]
             if not previews:
                 continue
             head = (f"<h3><span class='swatch' style='border-top:3px {_css_dash(g.dash)} {g.color}'></span>"
@@ -167,17 +170,55 @@ def _progress_table(run: RunData, groups: list[Group]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def run_band(run: RunData, band: Optional[str] = None) -> str:
-    """``band`` when given (the report command's --band), else the run's ``report.band``, else mean_std."""
-    value = band if band is not None else _dotted_get(run.config, "report.band", None) or "mean_std"
-    if value not in BANDS:
-        raise ReportError(f"report.band: unknown band {value!r}; choose one of {', '.join(BANDS)}")
-    return str(value)
+def _scale_controls(fig: dict) -> str:
+    """A linear/log switch per panel; the default scale is selected."""
+    out = []
+    for axis, metric in zip(fig["yaxes"], fig["metrics"]):
+        log = fig["layout"][axis].get("type") == "log"
+        opts = "".join(f"<option value='{k}'{' selected' if (k == 'log') == log else ''}>{k}</option>"
+                       for k in ("linear", "log"))
+        out.append(f"<label class='scale'>{html.escape(metric)} <select data-axis='{axis}' "
+                   f"onchange=\"madSetYScale('metrics', this.value, '{axis}')\">{opts}</select></label>")
+    return ("<div class='note'>y axis per panel: " + " ".join(out) +
+            " <button onclick=\"madSetYScale('metrics','linear')\">all linear</button>"
+            "<button onclick=\"madSetYScale('metrics','log')\">all log</button></div>")
 
 
-def render_html(run: RunData, png_dir: Optional[Path] = None, band: Optional[str] = None) -> str:
-    """The whole page as a string; with ``png_dir``, also the matplotlib PNGs for papers.
-    ``band`` overrides the run's ``report.band`` (mean_std or median_iqr)."""
+def _class_section(run: RunData, figures: list[dict]) -> str:
+    hists = class_histograms(run)
+    if not hists:
+        return ""
+    shown = hists[:MAX_CLASS_HEATMAPS]
+    parts = []
+    for c, gens, z in shown:
+        fid = f"classes-{c.index}"
+        figures.append({"id": fid, "config": {"displayModeBar": False}, **class_heatmap_figure(c, gens, z)})
+        parts.append(f"<div class='card'><div id='{fid}' class='class-plot'></div></div>")
+    more = (f" The first {len(shown)} of {len(hists)} chains are shown; every histogram is in metrics.jsonl "
+            "(class_hist)." if len(hists) > len(shown) else "")
+    return ("<h2>Class drift</h2><p class='note'>Per chain: the share of generated samples the classifier assigns "
+            "to each class, per generation (a uniform 10-class target is 0.1 everywhere). A class fading out is "
+            f"mode collapse; a class taking over is drift.{more}</p>" + "".join(parts))
+
+
+def _config_section(run: RunData) -> str:
+    import yaml
+
+    families = sorted({c.family for c in run.chains}) or [str(_dotted_get(run.config, "model.family", "?"))]
+    shown = family_config(run.config, families)
+    text = yaml.safe_dump(shown, sort_keys=False, allow_unicode=True)
+    return ("<h2>Resolved config</h2><p class='note'>The model section shows only the keys "
+            f"{html.escape(', '.join(families))} read{'s' if len(families) == 1 else ''}; "
+            "config.yaml holds them all.</p>"
+            f"<details open><summary>config (family keys only)</summary><pre>{html.escape(text)}</pre></details>"
+            f"<details><summary>config.yaml as written</summary><pre>{html.escape(run.config_text)}</pre></details>")
+
+
+def render_html(run: RunData, png_dir: Optional[Path] = None, band: Optional[str] = None,
+                comparison: Optional[list[tuple[str, Path]]] = None) -> str:
+    """The whole page as a string; with ``png_dir``, also the paper figures as PNGs there.
+    ``band`` overrides the run's ``report.band`` (mean_std or median_iqr). ``comparison``: the
+    (label, run directory) of each run merged into ``run`` (:func:`compare_runs`)."""
     band = run_band(run, band)
     groups = group_chains(run)
     planned = sum(c.generations or 0 for c in run.chains)
@@ -189,54 +230,68 @@ def render_html(run: RunData, png_dir: Optional[Path] = None, band: Optional[str
     status = (f"{run.n_done} / {planned or '?'} generations finished across {len(run.chains)} chain(s) · "
               f"family {html.escape(family)} · data {html.escape(data)} · written {time.strftime('%Y-%m-%d %H:%M:%S')}")
     reload_box = ("" if finished else " · <label><input type='checkbox' id='mad-autoreload'> reload every 30 s</label>")
-    parts = [f"<h1>mad run: {html.escape(name)}</h1><div class='status'>{status}{reload_box}</div>"]
-    if sweep_txt:
+    heading = f"comparison of {len(comparison)} runs" if comparison else f"mad run: {html.escape(name)}"
+    parts = [f"<h1>{heading}</h1><div class='status'>{status}{reload_box}</div>"]
+    if comparison:
+        rows = "".join(f"<tr><td>{html.escape(label)}</td><td>{html.escape(str(path))}</td></tr>"
+                       for label, path in comparison)
+        parts.append("<p class='note'>Each run is a group (label: the config keys in which the runs differ).</p>"
+                     f"<table><thead><tr><th>run</th><th>directory</th></tr></thead><tbody>{rows}</tbody></table>")
+    elif sweep_txt:
         parts.append(f"<div class='status'>sweep: {html.escape(sweep_txt)}</div>")
     figures: list[dict] = []
-    has_rows = bool(run.rows)
-    if not has_rows:
+    if not run.rows:
         parts.append("<p class='empty'>nothing finished yet: no generation is marked DONE. "
                      "Reload this page once the first generation finishes.</p>")
     else:
         panel_keys = list(run.metrics) + (["wall_s"] if any(_finite(r.get("wall_s")) is not None
                                                             for r in run.rows.values()) else [])
         panels = [(m, metric_lines(run, groups, m, band)) for m in panel_keys]
-        fig = metrics_figure(panels)
+        fig = metrics_figure(panels, features=feature_space(run.config))
         figures.append({"id": "metrics", **fig})
         theory = any(ln.role == "theory" for _, lines in panels for ln in lines)
         seeds = any(len(g.chains) > 1 for g in groups)
-        notes = ["One colour per loop kind (shades: other swept keys), one dash per λ.",
+        partial = any(ln.extra.get("partial") for _, lines in panels for ln in lines)
+        notes = ["One hue per loop kind; a shade of it and a dash per λ (or other swept key).",
+                 f"Markers only up to {MARKER_MAX_GENS} generations.",
                  "Click a legend entry to hide a group everywhere; double-click to isolate it."]
         if seeds and band == "median_iqr":
             notes.append("Groups with several seeds: thick line = median, band = interquartile range (25th to 75th "
                          "percentile) over seeds, faint lines = seeds.")
         elif seeds:
-            notes.append("Groups with several seeds: thick line = mean, band = ± one std over seeds (on log axes "
-                         "clipped below at the lowest seed), faint lines = seeds.")
+            notes.append("Groups with several seeds: thick line = mean, band = ± one std over seeds; on log axes "
+                         "(trace ratio and W2 by default) the band is the mean ×/÷ the geometric std, computed "
+                         "in log space; faint lines = seeds.")
+        if partial:
+            notes.append("<b>Hollow markers</b>: generations not yet finished by every seed of the group (hover: "
+                         "k of n seeds); their value will move when the rest arrive.")
         if theory:
             notes.append("Black curves with ×: the theory of the fully synthetic Gaussian loop, in the dash of their "
                          "λ. On trace_ratio the MEAN E[tr Σ_t / tr Σ_0] = λ^(t−1), which stays flat at λ = 1 while "
                          "most chains collapse; on logdet_ratio the typical path E[log det Σ_t − log det Σ_real], "
                          "which falls linearly even at λ = 1 (null in metrics.jsonl, a gap here: a singular fit).")
         parts.append("<h2>Metrics vs generation</h2>"
-                     f"<p class='note'>{' '.join(notes)}</p>"
-                     "<div>y axes: <button onclick=\"madSetYScale('metrics','linear')\">linear</button>"
-                     "<button onclick=\"madSetYScale('metrics','log')\">log</button></div>"
+                     f"<p class='note'>{' '.join(notes)}</p>" + _scale_controls(fig) +
                      "<div class='card'><div id='metrics' class='metric-plot'></div></div>")
         hms = heatmaps(run)
         if hms:
-            parts.append("<h2>Sweep heatmap</h2><p class='note'>Each cell: the value at each chain's last finished "
-                         "generation, averaged over seeds. Pick the metric in the menu.</p>")
+            parts.append("<h2>Sweep heatmap</h2><p class='note'>Each cell: the value averaged over seeds, at each "
+                         "chain's last finished generation or at the generation the slider picks. Pick the metric "
+                         "in the menu; the colour scale is reversed where lower is better, so bright is good.</p>")
             for i, hm in enumerate(hms):
                 figures.append({"id": f"heatmap-{i}", **heatmap_figure(hm)})
                 parts.append(f"<div class='card'><div id='heatmap-{i}' class='heatmap-plot'></div></div>")
-        parts.append(_phase_section(run, figures))
+        parts.append(_class_section(run, figures))
+        if not comparison:
+            parts.append(_phase_section(run, figures))
         parts.append(_sample_section(run, groups, figures))
         if png_dir is not None:
-            _write_pngs(run, groups, panels, hms, png_dir)
+            from mad.report.paper import write_figures
+
+            write_figures(run, png_dir, "png", band=band, real=False)
     parts.append("<h2>Progress</h2>" + _progress_table(run, groups))
-    parts.append("<h2>Resolved config</h2><details open><summary>config.yaml</summary>"
-                 f"<pre>{html.escape(run.config_text)}</pre></details>")
+    if not comparison:
+        parts.append(_config_section(run))
     scripts = ""
     if figures:
         from plotly.offline import get_plotlyjs  # plotly.js is inlined: the page must open offline
@@ -244,48 +299,39 @@ def render_html(run: RunData, png_dir: Optional[Path] = None, band: Optional[str
         scripts = (f"<script>{get_plotlyjs()}</script>"
                    f"<script type='application/json' id='mad-figures'>{_json_for_script(figures)}</script>"
                    f"<script>{_BOOT_JS}</script>")
+    title = "comparison" if comparison else name
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            f"<title>mad · {html.escape(name)}</title><script>{_ERRORS_JS}</script><style>{_CSS}</style></head><body>"
+            f"<title>mad · {html.escape(title)}</title><script>{_ERRORS_JS}</script><style>{_CSS}</style></head><body>"
             + "".join(parts) + scripts + f"<script>{_RELOAD_JS}</script></body></html>")
 
 
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", name)
-
-
-def _write_pngs(run: RunData, groups: list[Group], panels: list[tuple[str, list[Line]]], hms: list[Heatmap],
-                out: Path) -> None:
-    from mad.plots import save_heatmap_png, save_metric_png, save_samples_png
-
-    out.mkdir(parents=True, exist_ok=True)
-    for metric, lines in panels:
-        save_metric_png(out / f"metric_{_safe_name(metric)}.png", metric, lines, log_y=metric in LOG_Y_METRICS)
-    for g in groups:
-        for c in g.chains:
-            previews = [(gen, x) for gen in select_gens(c.done)
-                        if (x := load_preview(run.run_dir, c.name, gen)) is not None]
-            if previews:
-                save_samples_png(out / f"samples_{_safe_name(c.name)}.png", c.name, previews, color=g.color)
-    for i, hm in enumerate(hms):
-        for metric in hm.z:
-            suffix = f"_{i}" if len(hms) > 1 else ""
-            save_heatmap_png(out / f"heatmap_{_safe_name(metric)}{suffix}.png", metric, hm.x_key, hm.x_labels,
-                             hm.y_key, hm.y_labels, hm.z[metric], title=f"final {metric} {hm.title}".strip())
-
-
-def write_run_report(run: RunData, png: bool = False, band: Optional[str] = None) -> Path:
-    """``write_report`` for a run already loaded with ``load_run``."""
-    page = render_html(run, png_dir=run.run_dir / "figures" if png else None, band=band)
-    path = run.run_dir / "report.html"
+def write_run_report(run: RunData, png: bool = False, band: Optional[str] = None,
+                     out: Optional[Path] = None, comparison: Optional[list[tuple[str, Path]]] = None) -> Path:
+    """``write_report`` for a run already loaded with ``load_run``: ``report.html`` and ``summary.csv``
+    in ``out`` (default: the run directory)."""
+    out = Path(out) if out is not None else run.run_dir
+    page = render_html(run, png_dir=out / "figures" if png else None, band=band, comparison=comparison)
+    path = out / "report.html"
+    write_text(out / SUMMARY_CSV, summary_csv(run))
     write_text(path, page)
     return path
 
 
 def write_report(run_dir: str | Path, png: bool = False, band: Optional[str] = None) -> Path:
-    """Write ``run_dir/report.html`` (and with ``png=True`` the figures as PNGs under ``run_dir/figures``).
-    ``band`` (mean_std or median_iqr) overrides the run's ``report.band``.
+    """Write ``run_dir/report.html`` and ``run_dir/summary.csv`` (with ``png=True`` also the paper
+    figures as PNGs under ``run_dir/figures``). ``band`` (mean_std or median_iqr) overrides the run's
+    ``report.band``.
 
     Safe to call while the driver is still running: unfinished generations are ignored.
     Raises ReportError when ``run_dir`` has no config.yaml, or for an unknown band.
     """
     return write_run_report(load_run(run_dir), png=png, band=band)
+
+
+def write_comparison(run_dirs: list[str | Path], out: str | Path, band: Optional[str] = None) -> Path:
+    """One page overlaying several runs (``out/report.html`` and ``out/summary.csv``): each run a
+    group, labelled by the config keys in which the runs differ."""
+    merged, labels = compare_runs([load_run(d) for d in run_dirs])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return write_run_report(merged, band=band, out=out, comparison=labels)

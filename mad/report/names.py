@@ -46,7 +46,7 @@ METRIC_HINTS = HINTS  # the name the report used before this module
 
 # Positive quantities that shrink geometrically: a log y axis by default (each panel can switch).
 # The log-det ratios are logarithms already: their linear axis is a log scale of the determinant.
-LOG_Y_METRICS = frozenset({"trace_ratio"})
+LOG_Y_METRICS = frozenset({"trace_ratio", "w2"})
 
 
 def feature_space(config: Optional[dict]) -> Optional[str]:

@@ -37,6 +37,14 @@ class ChainInfo:
     data: str
     generations: Optional[int]  # planned
     done: list[int] = field(default_factory=list)  # finished generations, ascending
+    # where the chain's files are when it was merged from another run (compare_runs): that run's
+    # directory and the chain's name there
+    source: Optional[Path] = None
+    source_name: Optional[str] = None
+
+    def files(self, run_dir: Path) -> tuple[Path, str]:
+        """(run directory, chain directory name) of this chain's generation files."""
+        return (self.source or run_dir, self.source_name or self.name)
 
 
 @dataclass
@@ -266,21 +274,115 @@ def select_gens(done: list[int], limit: int = MAX_PREVIEW_GENS) -> list[int]:
     return [done[i] for i in idx]
 
 
-def load_preview(run_dir: Path, chain: str, gen: int) -> Optional[np.ndarray]:
+def load_preview_xy(run_dir: Path, chain: str, gen: int) -> Optional[tuple[np.ndarray, Optional[np.ndarray]]]:
+    """The preview samples of a finished generation and their labels (None for unlabelled data)."""
     path = RunDir(run_dir).gen_dir(chain, gen) / PREVIEW
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as f:
-            return np.asarray(f["x"]) if "x" in f.files else None
+            if "x" not in f.files:
+                return None
+            return np.asarray(f["x"]), (np.asarray(f["y"]) if "y" in f.files and f["y"].ndim else None)
     except (OSError, ValueError, KeyError):
         return None
 
 
+def load_preview(run_dir: Path, chain: str, gen: int) -> Optional[np.ndarray]:
+    xy = load_preview_xy(run_dir, chain, gen)
+    return None if xy is None else xy[0]
 
+
+def run_band(run: RunData, band: Optional[str] = None) -> str:
+    """``band`` when given (the report command's --band), else the run's ``report.band``, else mean_std."""
+    value = band if band is not None else _dotted_get(run.config, "report.band", None) or "mean_std"
+    if value not in BANDS:
+        raise ReportError(f"report.band: unknown band {value!r}; choose one of {', '.join(BANDS)}")
+    return str(value)
+
+
+# Flat keys of the model section that one built-in family reads (the others read model.<family>).
+_MODEL_KEYS_OF = {"estimator": ("gaussian",), "channels": ("diffusion",), "layers_per_block": ("diffusion",),
+                  "attention": ("diffusion",), "num_train_timesteps": ("diffusion",), "label_dropout": ("diffusion",)}
+
+
+def family_config(config: dict, families: Iterable[str]) -> dict:
+    """``config`` with the model section cut to what ``families`` read: a family's own section
+    (``model.gmm`` ...; the registry's families name them), the flat keys of the families that read
+    them, and ``model.options`` only when set (plug-in families)."""
+    from mad.models.registry import builtin_names
+
+    families = set(families)
+    model = config.get("model")
+    if not isinstance(model, dict):
+        return config
+    kept = {}
+    for key, value in model.items():
+        if key in builtin_names() and key not in families:
+            continue  # another family's section
+        if key in _MODEL_KEYS_OF and not families & set(_MODEL_KEYS_OF[key]):
+            continue
+        if key == "options" and value is None:
+            continue
+        kept[key] = value
+    return {**config, "model": kept}
 def final_value(run: RunData, chain: ChainInfo, metric: str) -> tuple[Optional[float], Optional[int]]:
     for gen in reversed(chain.done):
         v = run.value(chain.name, gen, metric)
         if v is not None:
             return v, gen
     return None, None
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}."))
+    return out if out or not prefix else {prefix[:-1]: d}
+
+
+def run_labels(runs: list[RunData]) -> list[str]:
+    """A label per run: the config keys whose values differ between the runs (``out``, the sweep
+    itself and report settings aside), as key=value; the directory name when nothing differs."""
+    flat = [{k.rstrip("."): v for k, v in _flatten(r.config).items()
+             if not k.startswith(("out", "sweep", "report.", "ray.", "resources."))} for r in runs]
+    for r, f in zip(runs, flat):  # swept values count as config too
+        for k, vals in r.sweep.items():
+            if k != SEED_KEY:
+                f[k] = vals if len(vals) > 1 else vals[0]
+    keys = sorted({k for f in flat for k in f})
+    differ = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1]
+    labels = []
+    for r, f in zip(runs, flat):
+        parts = [f"{k.rsplit('.', 1)[-1] if sum(x.rsplit('.', 1)[-1] == k.rsplit('.', 1)[-1] for x in differ) == 1 else k}"
+                 f"={_label(f.get(k))}" for k in differ[:4]]
+        labels.append(", ".join(parts) if parts else r.run_dir.resolve().name)
+    if len(set(labels)) < len(labels):  # the same config twice: the directory tells them apart
+        labels = [f"{lab} ({r.run_dir.resolve().name})" for lab, r in zip(labels, runs)]
+    return labels
+
+
+def compare_runs(runs: list[RunData]) -> tuple[RunData, list[tuple[str, Path]]]:
+    """One RunData holding the chains of every run, each with a ``run`` key in its assignment (its
+    run's label, :func:`run_labels`), so that the report draws each run as its own group(s)."""
+    labels = run_labels(runs)
+    chains, rows, sweep = [], {}, {"run": labels}
+    for label, r in zip(labels, runs):
+        for c in r.chains:
+            name = f"{label}/{c.name}"
+            chains.append(ChainInfo(name=name, index=len(chains), assignment={"run": label, **c.assignment},
+                                    loop=c.loop, bias=c.bias, seed=c.seed, family=c.family, data=c.data,
+                                    generations=c.generations, done=list(c.done), source=r.run_dir,
+                                    source_name=c.name))
+            rows.update({(name, gen): rec for (chain, gen), rec in r.rows.items() if chain == c.name})
+        for k, vals in r.sweep.items():
+            for v in vals:
+                if v not in sweep.setdefault(k, []):
+                    sweep[k].append(v)
+    first = runs[0]
+    metrics = _order_metrics({m for r in runs for m in r.metrics})
+    merged = RunData(run_dir=first.run_dir, config_text=first.config_text, config=first.config, chains=chains,
+                     rows=rows, metrics=metrics, sweep=sweep)
+    return merged, [(label, r.run_dir) for label, r in zip(labels, runs)]
