@@ -417,8 +417,9 @@ def _chromium() -> str | None:
     return next((p for p in map(shutil.which, CHROMIUM_NAMES) if p), None)
 
 
-def _render_check(run_dir: Path) -> dict:
-    """Write the report, render it in headless Chromium, and assert it is drawn and error-free.
+def _render_check(run_dir: Path, report: Path | None = None) -> dict:
+    """Write the report (or take ``report``, a page written already), render it in headless Chromium,
+    and assert it is drawn and error-free.
 
     Checks: no console message or script error; every plotly figure drawn (lines in each metric panel,
     cells in each heatmap, points in each vector sample plot); one <img> per image sample grid; and a
@@ -428,10 +429,10 @@ def _render_check(run_dir: Path) -> dict:
     if exe is None:
         print("chromium not installed: apt-get install -y chromium")
         pytest.skip("chromium not installed (apt-get install -y chromium)")
-    report = write_report(run_dir)
-    run = load_run(run_dir)
+    if report is None:
+        report = write_report(run_dir)
     page = report.read_text()
-    figs = _figures(page) if run.rows else {}
+    figs = _figures(page) if "id='mad-figures'" in page else {}
     with tempfile.TemporaryDirectory() as tmp:
         shot = Path(tmp) / "shot.png"
         proc = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp}/profile", f"--screenshot={shot}",
@@ -458,8 +459,12 @@ def _render_check(run_dir: Path) -> dict:
                         for t in fig["data"])
             assert inside[("path", "js-line")] >= lines, f"{inside[('path', 'js-line')]} of {lines} lines drawn"
             found["lines"] = inside[("path", "js-line")]
-        elif fid.startswith("heatmap"):
+        elif fid.startswith(("heatmap", "classes")):
             assert inside[("g", "hm")] >= 1 and inside[("image", "")] >= 1, f"{fid}: no heatmap cells"
+            if fig["layout"].get("sliders"):  # the generation slider: a rail and a step per generation
+                assert inside[("g", "slider-container")] == 1, f"{fid}: no slider drawn"
+                assert inside[("rect", "slider-grip-rect")] == 1
+                assert inside[("rect", "slider-tick-rect")] == len(fig["layout"]["sliders"][0]["steps"])
         elif fid.startswith("samples"):
             points = sum(len(t["x"]) for t in fig["data"])
             assert inside[("path", "point")] == points, f"{fid}: {inside[('path', 'point')]} of {points} points"
@@ -476,6 +481,35 @@ def test_chromium_renders_seed_bands(gauss_run):
     # the fixture sweep has two seeds per group: mean lines, std bands and seed lines must all draw
     found = _render_check(gauss_run)
     assert found["figures"] == 1 + 1 + 8  # metrics, heatmap, one scatter per chain
+
+
+def test_chromium_renders_digits_class_drift_and_sliders(digits_run, gauss_run):
+    found = _render_check(digits_run)
+    # metrics, a class-drift heatmap per chain; one swept key: no sweep heatmap
+    assert found["figures"] == 1 + 2 and found["image_grids"] == 2 * 3
+    page = (gauss_run / "report.html")
+    _render_check(gauss_run)
+    assert "slider" in page.read_text()
+
+
+def test_chromium_renders_a_comparison_page(tmp_path):
+    from conftest import run_cli
+
+    a = write_gaussian_run(tmp_path / "a", generations=4, seeds=2, kinds=("fully_synthetic",), biases=(1.0,),
+                           partial=False)
+    b = write_gaussian_run(tmp_path / "b", generations=4, seeds=2, kinds=("fully_synthetic",), biases=(1.0,),
+                           n=20, partial=False)
+    proc = run_cli("report", str(a), str(b), "--out", str(tmp_path / "cmp"))
+    assert proc.returncode == 0, proc.stderr
+    report = tmp_path / "cmp" / "report.html"
+    found = _render_check(tmp_path / "cmp", report)
+    figs = _figures(report.read_text())
+    assert found["figures"] == 1 + 4  # metrics and a scatter per chain; one group per run: no sweep heatmap
+    groups = {t["legendgroup"] for t in figs["metrics"]["data"] if t.get("legendgroup") != "theory"}
+    # each run is a group, labelled by the config keys that differ (n_init = n_real = n_synth = n)
+    assert groups == {"fully_synthetic · λ=1 · run=n_init=40, n_real=40, n_synth=40",
+                      "fully_synthetic · λ=1 · run=n_init=20, n_real=20, n_synth=20"}
+    assert not (a / "report.html").exists() and not (b / "report.html").exists()  # the runs are only read
 
 
 def test_chromium_renders_empty_page(tmp_path):
