@@ -243,3 +243,14 @@ def test_metric_titles_name_the_feature_space():
     assert names.lower_is_better("fid") and names.lower_is_better("recall") is False
     assert names.lower_is_better("trace_ratio") is None
     assert names.log_by_default("trace_ratio") and names.log_by_default("w2") and not names.log_by_default("fid")
+
+
+def test_log_axes_tick_at_one_two_five(gauss_run):
+    fig = metrics_figure([(m, metric_lines(load_run(gauss_run), group_chains(load_run(gauss_run)), m))
+                          for m in ("w2", "mean_shift")])
+    log_axis, linear_axis = fig["layout"]["yaxis"], fig["layout"]["yaxis2"]
+    assert log_axis["type"] == "log" and log_axis["tickmode"] == "array"
+    mantissas = {round(t / 10 ** np.floor(np.log10(t)), 6) for t in log_axis["tickvals"]}
+    assert mantissas <= {1.0, 2.0, 5.0} and log_axis["ticktext"] == [f"{t:g}" for t in log_axis["tickvals"]]
+    # a linear panel keeps plotly's automatic ticks (the 1-2-5 ones wait for a switch to log)
+    assert "type" not in linear_axis and linear_axis["tickmode"] == "auto"

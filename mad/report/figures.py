@@ -345,6 +345,18 @@ def _grid_domains(n: int, cols: int, panel_px: int, gap_px: int) -> tuple[list[t
     return out, height
 
 
+def _log_ticks(lines: list[Line]) -> dict:
+    """Ticks at 1, 2, 5 x 10^k over the panel's positive values, labelled as plain numbers: used
+    whenever the axis is logarithmic (plotly's own log ticks label the minor ones with bare digits)."""
+    vals = [v for ln in lines for seq in (ln.y, ln.lo or [], ln.hi or []) for v in seq if v is not None and v > 0]
+    if not vals:
+        return {}
+    lo, hi = math.floor(math.log10(min(vals))), math.ceil(math.log10(max(vals)))
+    ticks = [m * 10.0 ** k for k in range(lo, hi + 1) for m in (1, 2, 5)]
+    ticks = [t for t in ticks if min(vals) / 2.5 <= t <= max(vals) * 2.5]
+    return {"tickvals": ticks, "ticktext": [f"{t:g}" for t in ticks]}
+
+
 def metrics_figure(panels: list[tuple[str, list[Line]]], features: Optional[str] = None,
                    log_axes: Optional[Iterable[str]] = None) -> dict:
     """All metric panels in one figure, so one legend click hides a group in every panel. Axis titles
@@ -372,7 +384,9 @@ def metrics_figure(panels: list[tuple[str, list[Line]]], features: Optional[str]
         layout[f"yaxis{axis}"] = {"domain": [y0, y1], "anchor": f"x{axis}",
                                   "title": {"text": names.title(metric, features), "font": {"size": 11}},
                                   "exponentformat": "power", "meta": metric, **grid,
-                                  **({"type": "log"} if metric in log_set else {})}
+                                  # tickvals set a plotly axis to tickmode array unless told otherwise
+                                  **_log_ticks(lines),
+                                  **({"type": "log", "tickmode": "array"} if metric in log_set else {"tickmode": "auto"})}
         hint = METRIC_HINTS.get(metric)
         title = f"<b>{html.escape(metric)}</b>" + (f" <span style='color:#777'>({hint})</span>" if hint else "")
         layout["annotations"].append({"text": title, "x": (x0 + x1) / 2, "y": y1, "xref": "paper", "yref": "paper",

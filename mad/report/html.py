@@ -88,7 +88,10 @@ _BOOT_JS = """
   root.setAttribute('data-mad-figures', String(figs.length));
   window.madSetYScale = function(id, kind, axis){
     var f = figs.filter(function(g){ return g.id === id; })[0], upd = {};
-    (axis ? [axis] : f.yaxes).forEach(function(a){ upd[a + '.type'] = kind; });
+    (axis ? [axis] : f.yaxes).forEach(function(a){
+      // log: the 1-2-5 ticks the figure carries; linear: plotly's automatic ticks
+      upd[a + '.type'] = kind; upd[a + '.tickmode'] = kind === 'log' && f.layout[a].tickvals ? 'array' : 'auto';
+    });
     Plotly.relayout(id, upd);
     if (!axis) document.querySelectorAll('select[data-axis]').forEach(function(s){ s.value = kind; });
   };
