@@ -127,7 +127,8 @@ def write_figures(run: RunData, out: Path, fmt: str = "png", dpi: int = 200, ban
             suffix = f"_{i}" if len(hms) > 1 else ""
             written.append(out / f"heatmap_{_safe(m)}{suffix}.{fmt}")
             save_heatmap_png(written[-1], m, hm.x_key, hm.x_labels, hm.y_key, hm.y_labels, hm.z[m],
-                             title=f"final {m} {hm.title}".strip())
+                             title=f"final {m} {hm.title}".strip(), dpi=dpi,
+                             reverse=names.lower_is_better(m) is True)
     return written
 
 

@@ -32,7 +32,7 @@ def text_table(run: RunData, metrics: Optional[Iterable[str]] = None, max_gens: 
     blocks = []
     for m in shown:
         full = title(m, features)
-        head = m if full == m else f"{m}: {full}"
+        head = full if full.startswith(m) else f"{m}: {full}"  # the key first: grep finds it
         hint = METRIC_HINTS.get(m)
         lines = [f"{head} ({hint})" if hint else head,
                  f"  {'chain':<{name_w}}" + "".join(f"{gap}{'gen ' + str(g):>{col_w}}" for g in gens)]
