@@ -22,7 +22,8 @@ from typing import List, Optional
 INTERRUPTED = "interrupted; rerun the same command to resume"
 
 USAGE = """usage: python run.py [CONFIG.yaml] [dotted.key=value ...] [--dry-run] [--quiet] [--no-repair]
-       python run.py report RUN_DIR [--png] [--band mean_std|median_iqr]
+       python run.py report RUN_DIR [RUN_DIR ...] [--out DIR] [--band mean_std|median_iqr]
+                            [--figures pdf|svg|png] [--dpi N] [--latex] [--gens 1,5,10]
        python run.py verify RUN_DIR
 
 Runs the self-consuming loop described by CONFIG (default configs/default.yaml).
@@ -31,6 +32,11 @@ Runs the self-consuming loop described by CONFIG (default configs/default.yaml).
   --no-repair  on resume, stop (exit 2) when a finished generation's files fail their checksums,
                instead of recomputing that generation and the chain's later ones
 Exit status: 0 done, 1 a chain failed (diverged; see its FAILED.json), 2 bad input or unusable run directory.
+report: writes RUN_DIR/report.html and RUN_DIR/summary.csv and prints the per-generation table;
+  --figures F  paper figures (the FID/precision/recall panels, one per metric, samples) under figures/
+  --dpi N      their resolution (default 200; --png is --figures png)
+  --latex      a booktabs table of generations --gens (default: first, middle, last), mean ± std
+  several RUN_DIRs with --out DIR: one page overlaying the runs, each run a group
 verify: checks every finished generation's files against their checksums; exit 0 clean, 1 problems found.
 """
 
@@ -165,41 +171,109 @@ def _verify(argv: List[str]) -> int:
     return 1 if problems else 0
 
 
-def _report(argv: List[str]) -> int:
-    usage = "usage: python run.py report RUN_DIR [--png] [--band mean_std|median_iqr]"
-    png = "--png" in argv
-    rest = [a for a in argv if a != "--png"]
-    band = None  # --band X or --band=X: what groups of seeds draw, overriding the run's report.band
-    for i, a in enumerate(rest):
-        if a == "--band" or a.startswith("--band="):
-            band = a.partition("=")[2] if "=" in a else (rest[i + 1] if i + 1 < len(rest) else "")
-            rest = rest[:i] + rest[i + (1 if "=" in a else 2):]
-            break
-    if len(rest) != 1 or rest[0].startswith("--"):
-        return _fail(usage)
-    from mad.report import BANDS, ReportError, load_run, run_band, text_table, write_run_report
+REPORT_USAGE = ("usage: python run.py report RUN_DIR [RUN_DIR ...] [--out DIR] [--band mean_std|median_iqr] "
+                "[--figures pdf|svg|png] [--dpi N] [--png] [--latex] [--gens 1,5,10]")
+_REPORT_VALUED = ("--band", "--figures", "--dpi", "--gens", "--out")
 
+
+def _report_args(argv: List[str]) -> tuple[list[str], dict[str, str], set[str]]:
+    """(run directories, --key value options, bare flags); --key=value works too. ValueError: one line."""
+    dirs, opts, flags = [], {}, set()
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        key, eq, value = a.partition("=")
+        if key in _REPORT_VALUED:
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise ValueError(f"{key} needs a value")
+                i += 1
+                value = argv[i]
+            opts[key] = value
+        elif a in ("--png", "--latex"):
+            flags.add(a)
+        elif a.startswith("--"):
+            raise ValueError(f"unknown option {a}")
+        else:
+            dirs.append(a)
+        i += 1
+    return dirs, opts, flags
+
+
+def _report(argv: List[str]) -> int:
+    try:
+        dirs, opts, flags = _report_args(argv)
+    except ValueError as err:
+        return _fail(f"{err} ({REPORT_USAGE})")
+    if not dirs:
+        return _fail(REPORT_USAGE)
+    from mad.report import BANDS, ReportError, load_run, run_band, text_table, write_run_report
+    from mad.report.paper import FORMATS
+
+    band = opts.get("--band")  # what groups of seeds draw, overriding the run's report.band
     if band is not None and band not in BANDS:
         return _fail(f"--band: unknown band {band!r}; choose one of {', '.join(BANDS)}")
+    fmt = opts.get("--figures", "png" if "--png" in flags else None)  # --png: the old spelling of --figures png
+    if fmt is not None and fmt not in FORMATS:
+        return _fail(f"--figures: unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     try:
-        run = load_run(rest[0])
-        band = run_band(run, band)
+        dpi = int(opts.get("--dpi", "200"))
+        gens = [int(g) for g in opts["--gens"].split(",")] if "--gens" in opts else None
+    except ValueError:
+        return _fail("--dpi takes a whole number and --gens a comma-separated list of generations, e.g. --gens 1,5,10")
+    if not 20 <= dpi <= 2400:
+        return _fail(f"--dpi: {dpi} is outside 20-2400")
+    if len(dirs) > 1 and "--out" not in opts:
+        return _fail("comparing runs needs --out DIR, the folder for the comparison page")
+    try:
+        runs = [load_run(d) for d in dirs]
+        band = run_band(runs[0], band)
+        if len(runs) > 1:
+            from mad.report.read import compare_runs
+
+            run, comparison = compare_runs(runs)
+        else:
+            run, comparison = runs[0], None
+        latex = None
+        if "--latex" in flags:
+            from mad.report.tables import latex_table
+
+            latex = latex_table(run, gens)
     except ReportError as err:
+        return _fail(str(err))
+    except ValueError as err:  # --gens naming an unfinished generation
         return _fail(str(err))
     except OSError as err:
         return _fail(_os_error_line(err))
+    out = Path(opts["--out"]) if "--out" in opts else run.run_dir
     try:
-        path = write_run_report(run, png=png, band=band)
+        out.mkdir(parents=True, exist_ok=True)
+        path = write_run_report(run, band=band, out=out, comparison=comparison)
+        figures = []
+        if fmt is not None:
+            from mad.report.paper import write_figures
+
+            figures = write_figures(run, out / "figures", fmt, dpi, band=band)
+        if latex is not None:
+            from mad.artifacts import write_text
+
+            write_text(out / "table.tex", latex)
     except OSError as err:  # a read-only run directory, a full disk
         return _fail(f"cannot write the report: {_os_error_line(err)}")
     print(text_table(run))
-    from mad.phase import write_phase
+    if comparison is None:
+        from mad.phase import write_phase
 
-    phase = _dotted(run.config, "report.phase") or {}
-    phase_path = write_phase(run.run_dir, run.rows.values(), phase.get("metric", "auto"),
-                             int(phase.get("last_k", 10)), phase.get("baseline_bias"))
-    if phase_path is not None:
-        print(f"phase diagram: {phase_path}")
+        phase = _dotted(run.config, "report.phase") or {}
+        phase_path = write_phase(run.run_dir, run.rows.values(), phase.get("metric", "auto"),
+                                 int(phase.get("last_k", 10)), phase.get("baseline_bias"))
+        if phase_path is not None:
+            print(f"phase diagram: {phase_path}")
+    if latex is not None:
+        print("\n" + latex + f"(LaTeX table, needs \\usepackage{{booktabs}}: {out / 'table.tex'})")
+    if figures:
+        print(f"\nfigures ({fmt}, {dpi} dpi): {len(figures)} in {out / 'figures'}")
+    print(f"summary: {out / 'summary.csv'}")
     print(f"\ndashboard: {path}")
     return 0
 

@@ -1,6 +1,6 @@
 """Static figures: image grids as arrays, and matplotlib renderings for papers and TensorBoard.
 
-Shared by the HTML report (``png=True``) and the TensorBoard tracker. Matplotlib is imported
+Shared by the report's paper figures (mad/report/paper.py) and the TensorBoard tracker. Matplotlib is imported
 inside the functions that draw, never at module import, so the report stays fast when it only
 writes HTML. Figures use the object API (``Figure`` + Agg canvas), never ``pyplot``: no global
 state, no GUI backend, safe to call from a driver thread.
@@ -132,78 +132,16 @@ def render_scatter(x: np.ndarray, title: str = "", color: str = "#1f77b4", size_
     return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
-def save_metric_png(path: Path, metric: str, lines: Sequence[Line], title: str = "", log_y: bool = False) -> None:
-    """One metric vs generation, styled like the HTML page (colour per loop, dash per lambda);
-    ``log_y``: a log y axis (values <= 0 are not drawn there)."""
-    fig = _figure(9.0, 4.0)
-    ax = fig.add_subplot()
-    if log_y:
-        ax.set_yscale("log", nonpositive="mask")
-    theory_labelled = False
-    for line in lines:
-        x = np.asarray(line.x, dtype=float)
-        y = np.asarray([np.nan if v is None else v for v in line.y], dtype=float)
-        style = MPL_DASHES.get(line.dash, "-")
-        if line.role == "chain":
-            ax.plot(x, y, color=line.color, linestyle=style, linewidth=0.8, alpha=0.35)
-        elif line.role == "theory":  # one legend entry for all theory curves, as on the page
-            ax.plot(x, y, color="black", linestyle=style, linewidth=1.2, marker="x", markersize=4,
-                    label=None if theory_labelled else line.label)
-            theory_labelled = True
-        else:
-            if line.lo is not None and line.hi is not None:
-                lo = np.asarray([np.nan if v is None else v for v in line.lo], dtype=float)
-                hi = np.asarray([np.nan if v is None else v for v in line.hi], dtype=float)
-                ax.fill_between(x, lo, hi, color=line.color, alpha=0.15, linewidth=0)
-            ax.plot(x, y, color=line.color, linestyle=style, linewidth=2.0, marker="o", markersize=3,
-                    label=line.label)
-    ax.set_xlabel("generation")
-    ax.set_ylabel(metric)
-    ax.set_title(title or metric)
-    ax.grid(alpha=0.3)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.savefig(path)
-
-
-def save_samples_png(path: Path, title: str, previews: Sequence[tuple[int, np.ndarray]],
-                     color: str = "#1f77b4") -> None:
-    """Generations side by side for one chain: image grids, or scatter plots of vectors."""
-    n = max(1, len(previews))
-    # a fixed layout: the constrained engine costs ~0.1 s per axis and a row of thumbnails needs none
-    fig = _figure(1.6 * n + 0.5, 2.0, layout=None)
-    fig.subplots_adjust(left=0.4 / (1.6 * n + 0.5), right=0.99, bottom=0.04, top=0.8, wspace=0.06)
-    axes = fig.subplots(1, n, squeeze=False, sharex=True, sharey=True)[0]
-    vectors = [first_two_dims(x) for _, x in previews if not is_image_batch(x)]
-    if vectors:  # one shared box, so a collapsing cloud visibly shrinks
-        allpts = np.concatenate(vectors)
-        lo, hi = np.nanmin(allpts, axis=0), np.nanmax(allpts, axis=0)
-        margin = 0.05 * np.maximum(hi - lo, 1e-9)
-        lo, hi = lo - margin, hi + margin
-    for i, (ax, (gen, x)) in enumerate(zip(axes, previews)):
-        if is_image_batch(x):
-            grid = tile_images(x)
-            ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, interpolation="nearest")
-            ax.set_axis_off()
-        else:
-            pts = first_two_dims(x)
-            ax.scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.7, linewidths=0, color=color)
-            ax.set_xlim(lo[0], hi[0])
-            ax.set_ylim(lo[1], hi[1])
-            ax.tick_params(labelsize=6, labelleft=i == 0, labelbottom=False)
-        ax.set_title(f"gen {gen}", fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    fig.savefig(path)
-
-
 def save_heatmap_png(path: Path, metric: str, x_key: str, x_labels: Sequence[str], y_key: str,
-                     y_labels: Sequence[str], z: Sequence[Sequence[Optional[float]]], title: str = "") -> None:
-    """Final value of ``metric`` over two swept keys."""
+                     y_labels: Sequence[str], z: Sequence[Sequence[Optional[float]]], title: str = "",
+                     dpi: int = 100, reverse: bool = False) -> None:
+    """Final value of ``metric`` over two swept keys, in the format ``path``'s suffix names (png, pdf,
+    svg); ``reverse``: the colour scale reversed (lower is better: bright is good, as on the page)."""
     arr = np.asarray([[np.nan if v is None else v for v in row] for row in z], dtype=float)
     fig = _figure(1.2 * len(x_labels) + 2.5, 0.8 * len(y_labels) + 1.8)
     ax = fig.add_subplot()
-    im = ax.imshow(arr, cmap="viridis", aspect="auto", origin="upper")  # sweep order top down, as on the page
+    cmap = "viridis_r" if reverse else "viridis"
+    im = ax.imshow(arr, cmap=cmap, aspect="auto", origin="upper")  # sweep order top down, as on the page
     ax.set_xticks(range(len(x_labels)), labels=list(x_labels))
     ax.set_yticks(range(len(y_labels)), labels=list(y_labels))
     ax.set_xlabel(x_key)
@@ -211,9 +149,10 @@ def save_heatmap_png(path: Path, metric: str, x_key: str, x_labels: Sequence[str
     for i in range(arr.shape[0]):
         for j in range(arr.shape[1]):
             if np.isfinite(arr[i, j]):
-                light = im.norm(arr[i, j]) > 0.6  # viridis turns yellow at the top: dark text there
+                bright = im.norm(arr[i, j]) < 0.4 if reverse else im.norm(arr[i, j]) > 0.6
+                light = bright  # viridis turns yellow at the top: dark text there
                 ax.text(j, i, f"{arr[i, j]:.3g}", ha="center", va="center", color="black" if light else "white",
                         fontsize=8)
     fig.colorbar(im, ax=ax, label=metric)
     ax.set_title(title or f"final {metric}")
-    fig.savefig(path)
+    fig.savefig(path, dpi=dpi)

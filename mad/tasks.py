@@ -168,7 +168,7 @@ def evaluate_generation(job: EvalJob, reference: Any, state: dict, shards: Seque
 
             out.update(mode_metrics(x, real))
     # None stays None (JSON null): a value that does not exist, e.g. the log det of a singular fit
-    return {k: None if v is None else float(v) for k, v in out.items()}
+    return {k: None if v is None else v if isinstance(v, list) else float(v) for k, v in out.items()}
 
 
 def prepare_reference(ref_x, ref_y, pool: RealPool, metrics: MetricsConfig, classifier_state: Optional[dict] = None):

@@ -168,7 +168,7 @@ def write_digits_run(run_dir: str | Path, generations: int = 3, biases: tuple[fl
             p = np.bincount(labels[pick], minlength=10) / len(pick)
             entropy = float(-(p[p > 0] * np.log(p[p > 0])).sum())
             metrics = {"fid": _frechet(reference, fake) / 1e3, "precision": precision, "recall": recall,
-                       "class_entropy": entropy, "class_kl": float(np.log(10) - entropy),
+                       "class_entropy": entropy, "class_kl": float(np.log(10) - entropy), "class_hist": p.tolist(),
                        "n_real": c.loop.n_init if gen == 1 else 0, "n_synth": 0 if gen == 1 else c.loop.n_synth}
             metrics["wall_s"] = time.perf_counter() - t0
             yield x, labels[pick], metrics

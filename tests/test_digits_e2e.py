@@ -27,12 +27,13 @@ def test_three_loops_two_generations_through_run_py(tmp_path):
     for r in recs:
         for key in ("fid", "precision", "recall", "density", "coverage", "class_entropy", "class_kl"):
             assert np.isfinite(r[key]), (key, r)
+        assert len(r["class_hist"]) == 10 and abs(sum(r["class_hist"]) - 1) < 1e-5  # the class-drift heatmap's data
         assert r["n_real"] == (200 if r["gen"] == 1 or r["loop"] != "fully_synthetic" else 0)
         assert r["n_synth"] == (0 if r["gen"] == 1 else 200)
     # the per-generation table reached the console
     assert "gen   2/2" in proc.stdout and "fid=" in proc.stdout
     # ... and the final table, one row per chain, is printed at the end
-    table = proc.stdout[proc.stdout.index("fid on classifier features"):]
+    table = proc.stdout[proc.stdout.index("fid: FID (LeNet features)"):]
     for r in recs:
         row = next(line for line in table.splitlines() if line.strip().startswith(r["chain"]))
         assert f"{r['fid']:.4g}" in row.split()[1:], (row, r)

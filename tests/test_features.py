@@ -123,8 +123,13 @@ def test_classifier_metrics_through_the_driver_api(digits, cache_dir, trained):
 
     real = evaluate(ref, xtr[:500], ytr[:500], cfg)  # a perfect "generator": fresh real digits
     expected_keys = {"fid", "precision", "recall", "density", "coverage",
-                     "class_entropy", "class_kl", "mean_confidence", "label_accuracy"}
-    assert set(real) == expected_keys and all(type(v) is float for v in real.values())
+                     "class_entropy", "class_kl", "mean_confidence", "label_accuracy", "class_hist"}
+    assert set(real) == expected_keys and all(type(v) is float for k, v in real.items() if k != "class_hist")
+    # the predicted-class fractions (the report's class-drift heatmap), consistent with the entropy
+    hist = np.asarray(real["class_hist"])
+    assert hist.shape == (10,) and hist.sum() == pytest.approx(1.0, abs=1e-5)
+    nz = hist[hist > 0]
+    assert -(nz * np.log(nz)).sum() == pytest.approx(real["class_entropy"], abs=1e-4)
     assert real["class_entropy"] > 0.95 * np.log(10) and real["class_kl"] < 0.02
     assert real["label_accuracy"] > 0.97 and real["mean_confidence"] > 0.9
     assert real["precision"] > 0.7 and real["recall"] > 0.7
@@ -133,6 +138,7 @@ def test_classifier_metrics_through_the_driver_api(digits, cache_dir, trained):
     bad = evaluate(ref, collapsed, None, cfg)
     assert "label_accuracy" not in bad
     assert bad["class_entropy"] < 0.2 and bad["class_kl"] > 2.0
+    assert np.argmax(bad["class_hist"]) == 0 and bad["class_hist"][0] > 0.9
     assert bad["fid"] > 10 * real["fid"] and bad["recall"] < 0.3 and bad["coverage"] < 0.3
 
 

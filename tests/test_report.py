@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mad.report import (ReportError, _summary, group_chains, load_run, metric_lines, text_table, theory_logdet_ratio,
+from mad.report.figures import _summary
+from mad.report import (ReportError, group_chains, load_run, metric_lines, text_table, theory_logdet_ratio,
                         theory_trace_ratio, write_report)
 from report_fixtures import write_digits_run, write_empty_run, write_gaussian_run
 
@@ -82,10 +83,11 @@ def test_text_table_shows_every_chain_and_generation(gauss_run):
     table = text_table(run)
     blocks = table.split("\n\n")
     # the fixture's Gaussian runs record w2 and trace_ratio (no FID/precision/recall)
-    assert [b.splitlines()[0].split()[0] for b in blocks] == ["w2", "trace_ratio"]
+    assert [b.splitlines()[0].split(":")[0] for b in blocks] == ["w2", "trace_ratio"]
+    assert blocks[0].splitlines()[0].startswith("w2: W2 to the real distribution (lower is better)")
     recorded = {(r["chain"], r["gen"]): r for r in _metric_lines(gauss_run / "metrics.jsonl") if r["gen"] <= GAUSS_GENS}
     for block in blocks:
-        metric = block.splitlines()[0].split()[0]
+        metric = block.splitlines()[0].split(":")[0]
         rows = block.splitlines()[2:]
         assert len(rows) == len(run.chains)
         for c, row in zip(run.chains, rows):
@@ -109,7 +111,16 @@ def test_groups_differ_only_in_seed_and_style_by_loop_and_lambda(gauss_run):
         assert sorted(c.seed for c in g.chains) == list(range(GAUSS_SEEDS))
     color = {(g.loop, g.bias): g.color for g in groups}
     dash = {(g.loop, g.bias): g.dash for g in groups}
-    assert color[("fresh_data", 1.0)] == color[("fresh_data", 0.7)] != color[("fully_synthetic", 1.0)]
+    # one hue per loop kind: the lambda groups of a loop kind are distinct shades of it
+    assert color[("fresh_data", 1.0)] != color[("fresh_data", 0.7)]
+    assert color[("fully_synthetic", 1.0)] != color[("fully_synthetic", 0.7)]
+
+    def hue(hex_color):
+        import colorsys
+        return colorsys.rgb_to_hsv(*(int(hex_color[i:i + 2], 16) / 255 for i in (1, 3, 5)))[0]
+
+    assert abs(hue(color[("fresh_data", 1.0)]) - hue(color[("fresh_data", 0.7)])) < 0.02
+    assert abs(hue(color[("fully_synthetic", 1.0)]) - hue(color[("fresh_data", 1.0)])) > 0.2
     assert dash[("fresh_data", 1.0)] == dash[("fully_synthetic", 1.0)] != dash[("fully_synthetic", 0.7)]
 
 
@@ -169,7 +180,9 @@ def test_median_iqr_band_equals_numpy_on_the_records(typical_run):
         means = [ln for ln in metric_lines(run, groups, metric) if ln.role == "mean"]  # the default: mean ± std
         for line, g in zip(means, groups):
             vals = [r[metric] for r in recs[(g.bias, 1)]]
-            assert line.y[0] == pytest.approx(np.mean(vals)) and "mean ± std" in line.label
+            # the centre is the arithmetic mean on every axis (log axes: the trace-ratio theory is a mean)
+            what = "mean, ×/÷ geometric std" if metric in ("w2", "trace_ratio") else "mean ± std"
+            assert line.y[0] == pytest.approx(np.mean(vals)) and what in line.label
     with pytest.raises(ReportError, match="report.band"):
         metric_lines(run, groups, "w2", "median")
 
@@ -177,11 +190,13 @@ def test_median_iqr_band_equals_numpy_on_the_records(typical_run):
 def test_bands_on_log_axes_stay_positive():
     vals = np.array([0.01, 0.02, 5.0])  # mean - std < 0: a log axis cannot draw it
     m, lo, hi = _summary(vals, "mean_std", log_y=True)
-    assert m == pytest.approx(vals.mean()) and hi == pytest.approx(vals.mean() + vals.std(ddof=1))
-    assert lo == 0.01  # clipped at the lowest seed
+    # log space: the mean times / divided by the geometric std, symmetric on the axis
+    gsd = np.exp(np.log(vals).std(ddof=1))
+    assert m == pytest.approx(vals.mean()) and lo == pytest.approx(m / gsd) and hi == pytest.approx(m * gsd)
+    assert lo > 0 and np.log(hi) - np.log(m) == pytest.approx(np.log(m) - np.log(lo))
     assert _summary(vals, "mean_std", log_y=False)[1] == pytest.approx(vals.mean() - vals.std(ddof=1))
     assert _summary(vals, "median_iqr", log_y=True)[1] == np.percentile(vals, 25) > 0
-    assert _summary(np.array([0.0, 0.0, 3.0]), "mean_std", log_y=True)[1] is None  # no positive edge to clip to
+    assert _summary(np.array([0.0, 0.0, 3.0]), "mean_std", log_y=True)[1] is None  # one positive value: no spread
     assert _summary(np.array([2.0]), "median_iqr", log_y=True) == (2.0, None, None)
 
 
@@ -226,8 +241,9 @@ def test_band_from_config_and_command_line(typical_run, tmp_path):
     assert any("median, IQR" in n for n in names) and not any("mean ± std" in n for n in names)
     # the page: trace_ratio on a log axis, its band edges positive; the log-det theory drawn
     layout = figs["metrics"]["layout"]
-    axis = {layout[k]["title"]["text"]: k for k in figs["metrics"]["yaxes"]}
-    assert layout[axis["trace_ratio"]]["type"] == "log" and "type" not in layout[axis["w2"]]
+    axis = {layout[k]["meta"]: k for k in figs["metrics"]["yaxes"]}
+    assert layout[axis["trace_ratio"]]["type"] == "log" == layout[axis["w2"]]["type"]
+    assert "type" not in layout[axis["logdet_ratio"]]  # a log already: linear
     on_trace = [t for t in figs["metrics"]["data"] if t["yaxis"] == axis["trace_ratio"].replace("axis", "")]
     assert all(v > 0 for t in on_trace for v in t["y"] if v is not None)
     theory = [t for t in figs["metrics"]["data"] if t.get("legendgroup") == "theory"]
@@ -268,15 +284,17 @@ def test_report_page_contents(gauss_run):
     run = load_run(gauss_run)
 
     metrics = figs["metrics"]
+    assert metrics["metrics"] == [metrics["layout"][k]["meta"] for k in metrics["yaxes"]]
+    assert metrics["metrics"] == ["w2", "trace_ratio", "mean_shift", "wall_s"]
     titles = [metrics["layout"][k]["title"]["text"] for k in metrics["yaxes"]]
-    assert titles == ["w2", "trace_ratio", "mean_shift", "wall_s"]
+    assert titles == ["W2 to the real distribution", "tr Σ_t / tr Σ_real", "‖μ_t − μ_real‖", "wall time (s)"]
     assert all(metrics["layout"][k.replace("y", "x", 1)]["title"]["text"] == "generation" for k in metrics["yaxes"])
     for axis, metric in zip(["y", "y2", "y3"], ["w2", "trace_ratio", "mean_shift"]):
         traces = [t for t in metrics["data"] if t["yaxis"] == axis]
         for c in run.chains:  # every chain drawn, with exactly its finished values
             (mine,) = [t for t in traces if t.get("name") == c.name]
             np.testing.assert_allclose(mine["y"], [run.rows[(c.name, g)][metric] for g in mine["x"]])
-        means = [t for t in traces if "mean ± std" in t.get("name", "")]
+        means = [t for t in traces if t.get("name", "").endswith(f"{GAUSS_SEEDS} seeds)")]
         assert len(means) == 4
         bands = [t for t in traces if t.get("fill") == "tonexty"]
         assert len(bands) == 4
@@ -309,7 +327,7 @@ def test_digits_page_has_image_grids(digits_run):
     assert grid.std() > 20
     figs = _figures(page)
     assert "heatmap-0" not in figs  # one swept key: no heatmap
-    assert figs["metrics"]["layout"]["yaxis"]["title"]["text"] == "fid"
+    assert figs["metrics"]["layout"]["yaxis"]["title"]["text"] == "FID (LeNet features)"  # metrics.features: classifier
 
 
 def test_empty_run_says_nothing_finished(tmp_path):
@@ -317,7 +335,7 @@ def test_empty_run_says_nothing_finished(tmp_path):
     page = write_report(run_dir).read_text()
     assert page.count("nothing finished yet") == 1
     assert len(page) < 100_000 and page.count("mad-figures") == 0  # no plotly.js needed
-    assert page.count("<td class=num>0 / 3</td>") == 1 and page.count("<pre>") == 1  # progress table and config are still there
+    assert page.count("<td class=num>0 / 3</td>") == 1 and page.count("<pre>") == 2  # progress table and config (the family's keys, as written) are still there
 
 
 def test_not_a_run_dir(tmp_path):
@@ -334,7 +352,7 @@ def test_png_export(digits_run):
     names = sorted(p.name for p in out.glob("*.png"))
     expected_metrics = {f"metric_{m}.png" for m in ("fid", "precision", "recall", "class_entropy", "class_kl", "wall_s")}
     assert expected_metrics <= set(names)
-    assert sum(n.startswith("samples_") for n in names) == 2
+    assert "samples.png" in names and "paper.png" in names
     for name in ("metric_fid.png", names[-1]):
         img = np.asarray(Image.open(out / name).convert("L"), dtype=float)
         assert img.shape[0] > 100 and img.std() > 10
@@ -399,8 +417,9 @@ def _chromium() -> str | None:
     return next((p for p in map(shutil.which, CHROMIUM_NAMES) if p), None)
 
 
-def _render_check(run_dir: Path) -> dict:
-    """Write the report, render it in headless Chromium, and assert it is drawn and error-free.
+def _render_check(run_dir: Path, report: Path | None = None) -> dict:
+    """Write the report (or take ``report``, a page written already), render it in headless Chromium,
+    and assert it is drawn and error-free.
 
     Checks: no console message or script error; every plotly figure drawn (lines in each metric panel,
     cells in each heatmap, points in each vector sample plot); one <img> per image sample grid; and a
@@ -410,10 +429,10 @@ def _render_check(run_dir: Path) -> dict:
     if exe is None:
         print("chromium not installed: apt-get install -y chromium")
         pytest.skip("chromium not installed (apt-get install -y chromium)")
-    report = write_report(run_dir)
-    run = load_run(run_dir)
+    if report is None:
+        report = write_report(run_dir)
     page = report.read_text()
-    figs = _figures(page) if run.rows else {}
+    figs = _figures(page) if "id='mad-figures'" in page else {}
     with tempfile.TemporaryDirectory() as tmp:
         shot = Path(tmp) / "shot.png"
         proc = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp}/profile", f"--screenshot={shot}",
@@ -440,8 +459,12 @@ def _render_check(run_dir: Path) -> dict:
                         for t in fig["data"])
             assert inside[("path", "js-line")] >= lines, f"{inside[('path', 'js-line')]} of {lines} lines drawn"
             found["lines"] = inside[("path", "js-line")]
-        elif fid.startswith("heatmap"):
+        elif fid.startswith(("heatmap", "classes")):
             assert inside[("g", "hm")] >= 1 and inside[("image", "")] >= 1, f"{fid}: no heatmap cells"
+            if fig["layout"].get("sliders"):  # the generation slider: a rail and a step per generation
+                assert inside[("g", "slider-container")] == 1, f"{fid}: no slider drawn"
+                assert inside[("rect", "slider-grip-rect")] == 1
+                assert inside[("rect", "slider-tick-rect")] == len(fig["layout"]["sliders"][0]["steps"])
         elif fid.startswith("samples"):
             points = sum(len(t["x"]) for t in fig["data"])
             assert inside[("path", "point")] == points, f"{fid}: {inside[('path', 'point')]} of {points} points"
@@ -458,6 +481,35 @@ def test_chromium_renders_seed_bands(gauss_run):
     # the fixture sweep has two seeds per group: mean lines, std bands and seed lines must all draw
     found = _render_check(gauss_run)
     assert found["figures"] == 1 + 1 + 8  # metrics, heatmap, one scatter per chain
+
+
+def test_chromium_renders_digits_class_drift_and_sliders(digits_run, gauss_run):
+    found = _render_check(digits_run)
+    # metrics, a class-drift heatmap per chain; one swept key: no sweep heatmap
+    assert found["figures"] == 1 + 2 and found["image_grids"] == 2 * 3
+    page = (gauss_run / "report.html")
+    _render_check(gauss_run)
+    assert "slider" in page.read_text()
+
+
+def test_chromium_renders_a_comparison_page(tmp_path):
+    from conftest import run_cli
+
+    a = write_gaussian_run(tmp_path / "a", generations=4, seeds=2, kinds=("fully_synthetic",), biases=(1.0,),
+                           partial=False)
+    b = write_gaussian_run(tmp_path / "b", generations=4, seeds=2, kinds=("fully_synthetic",), biases=(1.0,),
+                           n=20, partial=False)
+    proc = run_cli("report", str(a), str(b), "--out", str(tmp_path / "cmp"))
+    assert proc.returncode == 0, proc.stderr
+    report = tmp_path / "cmp" / "report.html"
+    found = _render_check(tmp_path / "cmp", report)
+    figs = _figures(report.read_text())
+    assert found["figures"] == 1 + 4  # metrics and a scatter per chain; one group per run: no sweep heatmap
+    groups = {t["legendgroup"] for t in figs["metrics"]["data"] if t.get("legendgroup") != "theory"}
+    # each run is a group, labelled by the config keys that differ (n_init = n_real = n_synth = n)
+    assert groups == {"fully_synthetic · λ=1 · run=n_init=40, n_real=40, n_synth=40",
+                      "fully_synthetic · λ=1 · run=n_init=20, n_real=20, n_synth=20"}
+    assert not (a / "report.html").exists() and not (b / "report.html").exists()  # the runs are only read
 
 
 def test_chromium_renders_empty_page(tmp_path):
@@ -491,7 +543,7 @@ def test_chromium_real_gaussian_run(tmp_path):
     found = _render_check(run_dir)
     assert found["figures"] == 1 + 1 + 4  # metrics, the loop.kind x lambda heatmap, a scatter per chain
     figs = _figures((run_dir / "report.html").read_text())
-    axis = {figs["metrics"]["layout"][k]["title"]["text"]: k.replace("axis", "") for k in figs["metrics"]["yaxes"]}
+    axis = {figs["metrics"]["layout"][k]["meta"]: k.replace("axis", "") for k in figs["metrics"]["yaxes"]}
     theory = [t for t in figs["metrics"]["data"] if t.get("legendgroup") == "theory" and t["yaxis"] == axis["trace_ratio"]]
     assert len(theory) == 2  # fully synthetic at lambda 1 and 0.8
     np.testing.assert_allclose(sorted(theory, key=lambda t: t["y"][-1])[0]["y"], [0.8 ** t for t in range(3)])

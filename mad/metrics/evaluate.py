@@ -148,10 +148,11 @@ def prepare_reference(ref_x: Any, ref_y: Any, train_x: Any, train_y: Any, cfg: M
     return Reference(kind.value, feats, mu, sigma, class_hist, state, sq_radii, k, shape, sqrt_psd(sigma))
 
 
-def evaluate(reference: Reference, x: Any, y: Any, cfg: MetricsConfig) -> dict[str, float]:
+def evaluate(reference: Reference, x: Any, y: Any, cfg: MetricsConfig) -> dict[str, Any]:
     """Metrics of generated samples ``x`` (labels ``y`` or None) against the prepared reference:
     fid, precision, recall, density, coverage; with classifier features also class_entropy,
-    class_kl, mean_confidence (and label_accuracy when ``y`` is given). Plain floats."""
+    class_kl, mean_confidence (and label_accuracy when ``y`` is given) and ``class_hist``, the
+    predicted-class fractions as a list. Plain floats otherwise."""
     kind = _features_kind(cfg)
     if kind.value != reference.features_kind:
         raise ValueError(f"metrics.features is {kind.value!r} but the reference was prepared with "
@@ -176,4 +177,6 @@ def evaluate(reference: Reference, x: Any, y: Any, cfg: MetricsConfig) -> dict[s
     out.update(prdc(reference.feats, feats, k, real_sq_radii=radii))
     if probs is not None and reference.class_hist is not None:
         out.update(class_metrics(probs, reference.class_hist, y))
-    return {key: float(v) for key, v in out.items()}
+        # the whole histogram too, for the report's class x generation heatmap (a list, not a metric)
+        out["class_hist"] = [round(float(v), 6) for v in _histogram(probs)]
+    return {key: v if isinstance(v, list) else float(v) for key, v in out.items()}
