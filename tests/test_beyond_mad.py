@@ -243,7 +243,8 @@ def test_digits_stage_through_run_py(tmp_path):
     out = tmp_path / "run"
     proc = run_cli(*TINY, f"out={out}", f"metrics.cache_dir={tmp_path / 'cache'}", "sweep={}",
                    "loop.kind=fully_synthetic", "loop.n_synth=50", "curate.reward=classifier_confidence",
-                   "curate.k=3", "correct.kind=kmeans", "correct.clusters=2", "correct.strength=0.5")
+                   "curate.k=3", "correct.kind=kmeans", "correct.clusters=2", "correct.strength=0.5",
+                   "metrics.classifier_epochs=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     first = next(r for r in recs if r["gen"] == 1)
