@@ -9,7 +9,7 @@ killed block resumes from the last generation written.
 
 Every generation goes through the same functions as the one-task-per-stage path: the loop policy
 (``loops.next_training_set``), ``tasks.train_generation``, ``tasks.sample_shard`` per shard and
-``tasks.evaluate_generation``, with the same derived seeds; so the records are identical to running
+``tasks.evaluate_generation`` (and ``tasks.apply_stage`` when a stage is configured), with the same derived seeds; so the records are identical to running
 the chains one by one (tests/test_blocks.py compares them). No Ray here: ``mad.remote`` wraps
 ``tasks.run_block``.
 """

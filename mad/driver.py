@@ -2,7 +2,8 @@
 
 Chains (one point of the sweep each) run concurrently as Ray work; within a chain the
 generations run in order. Per generation the driver asks the loop policy for the next
-training set (a manifest), submits train -> sample shards -> evaluate as chained Ray tasks,
+training set (a manifest), submits train -> sample shards -> evaluate (-> the stage: curation,
+self-correction, when configured) as chained Ray tasks,
 and when the evaluation is back persists everything atomically, marks the generation DONE,
 appends to metrics.jsonl and submits the chain's next generation. Chains of a cheap family
 (mad/blocks.py) instead run in blocks: one task advances a block of chains through a slice of
@@ -631,8 +632,9 @@ class Driver:
         from mad.tasks import concat_shards
 
         x, y = concat_shards(remote.get(sub.synth or sub.shards))  # with a stage: the set later generations use
+        # a staged generation's saved samples are the stage's output, which another chain cannot read back
         record = self._write(r.chain, gen, sub.manifest, state, x, y, metrics, round(time.time() - sub.started, 4),
-                             share_key=sub.share_key)
+                             share_key=None if sub.synth else sub.share_key)
         synth_size = record["synth_size"]
 
         # Keep only the synthetic sets later generations can use; dropping the refs frees Ray's store.

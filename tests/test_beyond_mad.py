@@ -254,3 +254,23 @@ def test_digits_stage_through_run_py(tmp_path):
     saved = np.load(chain / "gen_001" / "samples.npz")
     assert saved["x"].shape[0] == 50 and saved["x"].dtype == np.uint8
     assert next(r for r in recs if r["gen"] == 2)["n_synth"] == 50
+
+
+def test_a_run_written_before_the_stage_keys_still_resumes():
+    """config.yaml of an older run lacks curate, correct and the new loop/train keys: it reads them as
+    their defaults, which reproduce what it ran."""
+    import yaml
+
+    from mad.config import config_to_dict, science_dict, science_of_yaml
+
+    cfg = load_config(None, [])
+    old = config_to_dict(cfg)
+    for key in ("curate", "correct"):
+        del old[key]
+    for key in ("subsample_to", "n_synth_schedule", "n_synth_final"):
+        del old["loop"][key]
+    for key in ("finetune_steps", "finetune_lr"):
+        del old["train"][key]
+    assert science_of_yaml(yaml.safe_dump(old)) == science_dict(cfg)
+    changed = load_config(None, ["correct.kind=kmeans"])
+    assert science_of_yaml(yaml.safe_dump(old)) != science_dict(changed)
