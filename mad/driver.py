@@ -115,8 +115,9 @@ def train_share_key(cfg: Config, manifest: loops.Manifest) -> Optional[str]:
 
 
 def _scratch_train(cfg: Config) -> Any:
-    """The training keys of a generation trained from scratch (the fine-tuning ones do not touch it)."""
-    return dataclasses.replace(cfg.train, finetune_steps=None, finetune_lr=None)
+    """The training keys of a generation trained from scratch: neither train.init nor the fine-tuning keys
+    touch it (chains that fine-tune later share generation 1 with chains that retrain)."""
+    return dataclasses.replace(cfg.train, init=TrainInit.scratch, finetune_steps=None, finetune_lr=None)
 
 
 def _data_key(cfg: Config) -> str:

@@ -274,3 +274,24 @@ def test_a_run_written_before_the_stage_keys_still_resumes():
     assert science_of_yaml(yaml.safe_dump(old)) == science_dict(cfg)
     changed = load_config(None, ["correct.kind=kmeans"])
     assert science_of_yaml(yaml.safe_dump(old)) != science_dict(changed)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_generation_one_is_shared_across_stages_and_fine_tuning_with_the_same_records(tmp_path):
+    """Neither the stage (it runs per chain after the shared work) nor train.init / the fine-tuning keys
+    change a real-only generation from scratch: it is trained once for all four chains."""
+    from mad.driver import Driver
+
+    args = [*GAUSS, "resources.block_size=0", "loop.kind=fully_synthetic", "loop.generations=3", "sweep={}",
+            "sweep.train.init=[scratch,previous]", "train.finetune_steps=5", "correct.kind=kmeans",
+            "correct.clusters=2", "sweep.correct.strength=[0.0,0.5]"]
+    shared = Driver(load_config(None, [*args, f"out={tmp_path / 'shared'}"]), quiet=True)
+    shared.run()
+    separate = Driver(load_config(None, [*args, f"out={tmp_path / 'separate'}", "resources.share_identical=false"]),
+                      quiet=True)
+    separate.run()
+    assert separate.n_trained == 12 and shared.n_trained == 12 - 3
+    recs = records(tmp_path / "shared")
+    assert recs == records(tmp_path / "separate")
+    assert {r["stage_changed"] > 0 for r in recs if r["gen"] < 3 and r["correct.strength"] == 0.5} == {True}
+    assert {r["stage_changed"] for r in recs if r["gen"] < 3 and r["correct.strength"] == 0.0} == {0}
