@@ -11,7 +11,9 @@ from __future__ import annotations
 from loops import fresh_data, fully_synthetic, synthetic_augmentation
 from typing import Optional
 
-from loops.base import FIXED_STREAM, Manifest, RealPart, SynthPart
+import numpy as np
+
+from loops.base import FIXED_STREAM, Manifest, RealPart, SynthPart, subsample
 from mad.config import LoopConfig, LoopKind
 
 POLICIES = {
@@ -28,8 +30,14 @@ REAL_PARTS = {
 }
 
 
-def next_training_set(kind: LoopKind, *args, **kwargs) -> Manifest:
-    return POLICIES[kind](*args, **kwargs)
+def next_training_set(kind: LoopKind, gen: int, synth_sizes: dict[int, int], loop: LoopConfig,
+                      rng: np.random.Generator) -> Manifest:
+    """The loop policy's manifest; from generation 2 on, subsampled to ``loop.subsample_to`` (drawn from
+    the same rng after the policy's own draws)."""
+    manifest = POLICIES[kind](gen, synth_sizes, loop, rng)
+    if gen > 1 and loop.subsample_to is not None:
+        manifest = subsample(manifest, loop.subsample_to, rng)
+    return manifest
 
 
 def real_part(kind: LoopKind, gen: int, loop: LoopConfig) -> Optional[RealPart]:

@@ -35,21 +35,45 @@ class Manifest:
     gen: int
     real: RealPart | None
     synth: tuple = field(default_factory=tuple)  # tuple[SynthPart, ...]
+    # loop.subsample_to: the positions kept of the assembled set (real part first, then the synthetic
+    # parts in order), sorted; () keeps all of it
+    subsample: tuple = ()
 
     @property
     def n_real(self) -> int:
-        return self.real.n if self.real else 0
+        """Real samples trained on (after subsampling)."""
+        full = self.real.n if self.real else 0
+        if not self.subsample:
+            return full
+        return int(np.searchsorted(np.asarray(self.subsample), full))
 
     @property
     def n_synth(self) -> int:
-        return sum(len(p.indices) or p.n for p in self.synth)
+        """Synthetic samples trained on (after subsampling)."""
+        full = sum(len(p.indices) or p.n for p in self.synth)
+        return len(self.subsample) - self.n_real if self.subsample else full
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "gen": self.gen,
             "real": asdict(self.real) if self.real else None,
             "synth": [{"gen": p.gen, "n": p.n, "indices": list(p.indices)} for p in self.synth],
         }
+        if self.subsample:  # only then: manifests of runs without it stay as they were
+            out["subsample"] = list(self.subsample)
+        return out
+
+
+def subsample(manifest: Manifest, size: int, rng: np.random.Generator) -> Manifest:
+    """Kazdan et al.'s accumulate-and-subsample: a uniform subset of ``size`` of the manifest's
+    assembled set (real and synthetic parts together); the whole set when it holds no more."""
+    from loops.stages import subsample_indices
+
+    total = (manifest.real.n if manifest.real else 0) + sum(len(p.indices) or p.n for p in manifest.synth)
+    if size >= total:
+        return manifest
+    keep = tuple(int(i) for i in subsample_indices(total, size, rng))
+    return Manifest(manifest.gen, manifest.real, manifest.synth, keep)
 
 
 def first_generation(n_init: int) -> Manifest:

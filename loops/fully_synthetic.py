@@ -6,7 +6,7 @@ from typing import Optional
 import numpy as np
 
 from loops.base import Manifest, RealPart, first_generation, first_real, select_synthetic
-from mad.config import LoopConfig, resolved_counts
+from mad.config import LoopConfig, n_synth_at
 
 
 def real_part(gen: int, loop: LoopConfig) -> Optional[RealPart]:
@@ -18,5 +18,5 @@ def next_training_set(gen: int, synth_sizes: dict[int, int], loop: LoopConfig,
                       rng: np.random.Generator) -> Manifest:
     if gen == 1:
         return first_generation(loop.n_init)
-    _, n_synth = resolved_counts(loop)
+    n_synth = n_synth_at(loop, gen)
     return Manifest(gen=gen, real=None, synth=select_synthetic(gen, loop, n_synth, synth_sizes, rng))

@@ -9,7 +9,7 @@ killed block resumes from the last generation written.
 
 Every generation goes through the same functions as the one-task-per-stage path: the loop policy
 (``loops.next_training_set``), ``tasks.train_generation``, ``tasks.sample_shard`` per shard and
-``tasks.evaluate_generation``, with the same derived seeds; so the records are identical to running
+``tasks.evaluate_generation`` (and ``tasks.apply_stage`` when a stage is configured), with the same derived seeds; so the records are identical to running
 the chains one by one (tests/test_blocks.py compares them). No Ray here: ``mad.remote`` wraps
 ``tasks.run_block``.
 """
@@ -23,7 +23,7 @@ import numpy as np
 
 import loops
 from mad import seeding, tasks
-from mad.config import Config, Family, SynthSource, TrainInit, resolved_counts
+from mad.config import Config, Family, Reward, SynthSource, TrainInit, n_synth_at, stage_configured
 from mad.data import RealPool
 from mad.data.vectors import RealDistribution
 from mad.models import get_family
@@ -58,14 +58,28 @@ def scores_samples(cfg: Config, gen: int) -> bool:
 
 
 def synth_size(cfg: Config, gen: int) -> int:
-    """Samples of generation ``gen`` that later generations train on (none after the last)."""
-    _, n_synth = resolved_counts(cfg.loop)
-    return n_synth if gen < cfg.loop.generations else 0
+    """Samples of generation ``gen`` that later generations train on (none after the last): generation
+    gen + 1's n_synth (``loop.n_synth_schedule``)."""
+    return n_synth_at(cfg.loop, gen + 1) if gen < cfg.loop.generations else 0
+
+
+def stage_active(cfg: Config, gen: int) -> bool:
+    """Does the stage (curation, self-correction) turn generation ``gen``'s samples into its synthetic set?"""
+    return stage_configured(cfg) and synth_size(cfg, gen) > 0
 
 
 def n_samples(cfg: Config, gen: int) -> int:
-    """Samples drawn at ``gen``: the synthetic set, and the metrics' n_eval when they are scored."""
-    return max(synth_size(cfg, gen), cfg.metrics.n_eval if scores_samples(cfg, gen) else 0)
+    """Samples drawn at ``gen``: the synthetic set (curation: k candidates per kept sample), and the
+    metrics' n_eval when they are scored."""
+    size = synth_size(cfg, gen)
+    if cfg.curate.reward != Reward.none:
+        size *= cfg.curate.k
+    return max(size, cfg.metrics.n_eval if scores_samples(cfg, gen) else 0)
+
+
+def stage_job(cfg: Config, gen: int) -> tasks.StageJob:
+    return tasks.StageJob(seed=cfg.seed, gen=gen, n_keep=synth_size(cfg, gen), n_init=cfg.loop.n_init,
+                          curate=cfg.curate, correct=cfg.correct)
 
 
 def class_probs(pool: RealPool, cfg: Config) -> Optional[np.ndarray]:
@@ -84,10 +98,15 @@ def sample_generation(state: dict, pool: RealPool, cfg: Config, gen: int, progre
             for i, n in enumerate(tasks.shard_sizes(n_samples(cfg, gen), cfg.resources.sample_shards))]
 
 
-def redraw_synth(state: dict, pool: RealPool, cfg: Config, gen: int, family: Any = None) -> tasks.Shard:
+def redraw_synth(state: dict, pool: RealPool, cfg: Config, gen: int, family: Any = None,
+                 reference: Any = None) -> tasks.Shard:
     """Generation ``gen``'s synthetic set redrawn from its saved model: the same shards and seeds as when
-    it was first drawn, so the same samples (used on resume when ``artifacts.samples=none``)."""
-    x, y = tasks.concat_shards(sample_generation(state, pool, cfg, gen, family=family))
+    it was first drawn, so the same samples (used on resume when ``artifacts.samples=none``); the stage,
+    when configured, is applied again with its own seed, so it keeps and moves the same samples."""
+    shards = sample_generation(state, pool, cfg, gen, family=family)
+    if stage_active(cfg, gen):
+        return tasks.apply_stage(stage_job(cfg, gen), pool, reference, shards)[0]
+    x, y = tasks.concat_shards(shards)
     size = synth_size(cfg, gen)
     return x[:size], (None if y is None else y[:size])
 
@@ -135,7 +154,7 @@ def run_generation(chain: BlockChain, pool: RealPool, reference: Any, real: Opti
     t0 = time.time()
     cfg, gen = chain.cfg, chain.next_gen
     for g, state in sorted(chain.redraw.items()):
-        chain.synth[g] = redraw_synth(state, pool, cfg, g, chain.family)
+        chain.synth[g] = redraw_synth(state, pool, cfg, g, chain.family, reference)
     chain.redraw.clear()
     manifest = loops.next_training_set(cfg.loop.kind, gen, dict(chain.synth_sizes), cfg.loop,
                                        seeding.rng(cfg.seed, gen, seeding.LOOP))
@@ -143,7 +162,7 @@ def run_generation(chain: BlockChain, pool: RealPool, reference: Any, real: Opti
     init_state = chain.prev_state if cfg.train.init == TrainInit.previous else None
     job = tasks.TrainJob(seed=cfg.seed, gen=gen, manifest=manifest.to_json(), synth_gens=tuple(synth_gens),
                          shard_counts=tuple(1 for _ in synth_gens), family=chain.family, model=cfg.model,
-                         train=cfg.train)
+                         train=tasks.train_config_at(cfg.train, gen))
     state = tasks.train_generation(job, pool, [[chain.synth[g]] for g in synth_gens], init_state=init_state,
                                    device=device)
     shards = sample_generation(state, pool, cfg, gen, device=device, family=chain.family)
@@ -151,7 +170,11 @@ def run_generation(chain: BlockChain, pool: RealPool, reference: Any, real: Opti
         tasks.EvalJob(n_eval=cfg.metrics.n_eval, metrics=cfg.metrics, family=chain.family, bias=cfg.sample.bias,
                       real=real, score_samples=scores_samples(cfg, gen)),
         reference, state, shards, device=device)
-    x, y = tasks.concat_shards(shards)
+    if stage_active(cfg, gen):  # the synthetic set (and the saved samples) are what the stage returns
+        (x, y), counts = tasks.apply_stage(stage_job(cfg, gen), pool, reference, shards)
+        metrics = {**metrics, **counts}
+    else:
+        x, y = tasks.concat_shards(shards)
     size = synth_size(cfg, gen)
     if size:
         chain.synth[gen] = (x[:size], None if y is None else y[:size])

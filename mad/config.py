@@ -101,6 +101,21 @@ class Features(str, Enum):
     inception = "inception"
 
 
+class Reward(str, Enum):
+    none = "none"
+    classifier_confidence = "classifier_confidence"  # the metrics' classifier: max softmax probability
+
+
+class CorrectKind(str, Enum):
+    none = "none"
+    kmeans = "kmeans"
+
+
+class SynthSchedule(str, Enum):
+    constant = "constant"  # n_synth every generation
+    linear = "linear"  # from n_synth at generation 2 to n_synth_final at the last generation
+
+
 class KeepModels(str, Enum):
     all = "all"
     last = "last"
@@ -201,6 +216,10 @@ class TrainConfig:
     weight_decay: float = 0.0
     ema_decay: float = 0.999
     num_workers: int = 1  # >1: data-parallel with Ray Train's TorchTrainer
+    # init=previous, generations >= 2: fine-tune the previous weights with these (null: steps / lr);
+    # ignored with init=scratch (Bertrand et al. 2024)
+    finetune_steps: Optional[int] = None
+    finetune_lr: Optional[float] = None
 
 
 @dataclass
@@ -229,6 +248,33 @@ class LoopConfig:
     # A finite pool refuses a chain that needs more distinct real samples than it holds; true lets
     # real samples come back (each record's real_seen_frac then says how many were seen before).
     allow_real_reuse: bool = False
+    # n_synth per generation: constant, or linear from n_synth (generation 2) to n_synth_final (the last)
+    n_synth_schedule: SynthSchedule = SynthSchedule.constant
+    n_synth_final: Optional[int] = None
+    # generations >= 2: a uniform subset of this size of the assembled real + synthetic set (Kazdan et
+    # al.'s accumulate-and-subsample with synth_source=accumulate); null keeps all of it
+    subsample_to: Optional[int] = None
+
+
+@dataclass
+class CurateConfig:
+    """``curate``: Ferbach et al. 2024's K-wise choice. Each kept synthetic sample is chosen from k
+    candidates with probability proportional to exp(beta * reward), so k x n_synth are sampled."""
+
+    reward: Reward = Reward.none
+    k: int = 4
+    beta: float = 1.0  # inverse temperature of the choice (the reward's scale)
+
+
+@dataclass
+class CorrectConfig:
+    """``correct``: Gillman et al. 2024's self-correction. Each kept synthetic sample moves a fraction
+    ``strength`` toward its nearest k-means centre of the chain's generation-1 real set (per class
+    when the samples carry labels)."""
+
+    kind: CorrectKind = CorrectKind.none
+    strength: float = 0.5
+    clusters: int = 10  # centres per class (or overall, without labels)
 
 
 @dataclass
@@ -301,6 +347,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+    curate: CurateConfig = field(default_factory=CurateConfig)
+    correct: CorrectConfig = field(default_factory=CorrectConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -600,12 +648,19 @@ def science_of_yaml(text: str) -> Dict[str, Any]:
         d.pop(key, None)
     # a section added to the schema after the run was written (model.gmm, ...) takes its defaults,
     # which reproduce what the run did, so such a run still resumes
-    defaults = science_dict(Config())
-    if isinstance(d.get("model"), dict):
-        for key, value in defaults["model"].items():
-            if isinstance(value, dict) or key == "options":
-                d["model"].setdefault(key, value)
+    # (and so do keys added later: curate, correct, loop.subsample_to, train.finetune_steps, ...)
+    _fill_defaults(d, science_dict(Config()))
     return d
+
+
+def _fill_defaults(d: Dict[str, Any], defaults: Dict[str, Any]) -> None:
+    for key, value in defaults.items():
+        if key == "sweep":
+            continue
+        if key not in d:
+            d[key] = value
+        elif isinstance(value, dict) and isinstance(d[key], dict):
+            _fill_defaults(d[key], value)
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -798,6 +853,21 @@ def resolved_counts(loop: LoopConfig) -> tuple[int, int]:
     return n_real, n_synth
 
 
+def n_synth_at(loop: LoopConfig, gen: int) -> int:
+    """Synthetic samples in generation ``gen``'s (>= 2) training set under ``loop.n_synth_schedule``:
+    linear runs from n_synth at generation 2 to n_synth_final at the last generation, rounded."""
+    _, n_synth = resolved_counts(loop)
+    if loop.n_synth_schedule == SynthSchedule.linear and loop.n_synth_final is not None:
+        frac = (gen - 2) / max(1, loop.generations - 2)
+        n_synth = int(round(n_synth + frac * (loop.n_synth_final - n_synth)))
+    return n_synth
+
+
+def stage_configured(cfg: Config) -> bool:
+    """Does a stage (curation, self-correction) run between sampling and training?"""
+    return cfg.curate.reward != Reward.none or cfg.correct.kind != CorrectKind.none
+
+
 def validate(cfg: Config) -> None:
     """Ranges and relations, checked once for the base config and for every sweep chain."""
     if not isinstance(cfg.sweep, dict):
@@ -856,6 +926,13 @@ def _check_sizes(cfg: Config) -> None:
             key = "loop.n_total" if loop.real_fraction is not None else "loop.n_synth"
             raise ConfigError(key, f"later generations train on {n_real + n_synth} samples; "
                                    f"model.family={cfg.model.family} needs at least {need}")
+        n_last = n_real + n_synth_at(loop, loop.generations)
+        if n_last < need:
+            raise ConfigError("loop.n_synth_final", f"the last generation trains on {n_last} samples; "
+                                                    f"model.family={cfg.model.family} needs at least {need}")
+        if loop.subsample_to is not None and loop.subsample_to < need:
+            raise ConfigError("loop.subsample_to", f"model.family={cfg.model.family} needs at least {need} "
+                                                   f"training samples, got {loop.subsample_to}")
 
 
 def _validate_one(cfg: Config) -> None:
@@ -888,6 +965,7 @@ def _validate_one(cfg: Config) -> None:
         raise ConfigError("loop.n_real", f"must be positive, got {n_real}")
     if loop.kind == LoopKind.fully_synthetic and n_synth <= 0:
         raise ConfigError("loop.n_synth", "the fully synthetic loop needs synthetic samples")
+    _validate_stages(cfg)
     if loop.synth_source == SynthSource.last_k and loop.last_k < 1:
         raise ConfigError("loop.last_k", "must be at least 1")
     for key in ("dim", "n_reference", "resolution"):
@@ -952,6 +1030,34 @@ def _validate_one(cfg: Config) -> None:
             check_real_pool(cfg, pool, f"{d.name.value} training pool")
 
     _check_sizes(cfg)
+
+def _validate_stages(cfg: Config) -> None:
+    """The loop stages' keys: curation, self-correction, subsampling, the n_synth schedule, fine-tuning."""
+    loop, t = cfg.loop, cfg.train
+    _positive("loop.subsample_to", loop.subsample_to)
+    if loop.n_synth_schedule == SynthSchedule.linear:
+        if loop.n_synth_final is None:
+            raise ConfigError("loop.n_synth_final", "loop.n_synth_schedule=linear needs loop.n_synth_final "
+                                                    "(n_synth at the last generation)")
+        if loop.n_synth_final < 0 or (loop.n_synth_final == 0 and loop.kind == LoopKind.fully_synthetic):
+            raise ConfigError("loop.n_synth_final", f"must be positive (or 0 for a loop with real data), "
+                                                    f"got {loop.n_synth_final}")
+    elif loop.n_synth_final is not None:
+        raise ConfigError("loop.n_synth_final", "only with loop.n_synth_schedule=linear")
+    _positive("train.finetune_steps", t.finetune_steps)
+    _positive("train.finetune_lr", t.finetune_lr)
+    _positive("curate.k", cfg.curate.k)
+    _positive("curate.beta", cfg.curate.beta)
+    if cfg.curate.reward == Reward.classifier_confidence and cfg.metrics.features != Features.classifier:
+        raise ConfigError("curate.reward", "classifier_confidence scores samples with the metrics' classifier: "
+                                           f"needs metrics.features=classifier, got {cfg.metrics.features.value}")
+    if not (0.0 <= cfg.correct.strength <= 1.0):
+        raise ConfigError("correct.strength", f"must be in [0, 1], got {cfg.correct.strength}")
+    _positive("correct.clusters", cfg.correct.clusters)
+    if cfg.correct.kind != CorrectKind.none and cfg.correct.clusters > loop.n_init:
+        raise ConfigError("correct.clusters", f"k-means of the {loop.n_init} real samples of generation 1 "
+                                              f"(loop.n_init) cannot have {cfg.correct.clusters} centres")
+
 
 VECTOR_DATA = (DataName.gaussian, DataName.toy2d)
 

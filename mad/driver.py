@@ -2,7 +2,8 @@
 
 Chains (one point of the sweep each) run concurrently as Ray work; within a chain the
 generations run in order. Per generation the driver asks the loop policy for the next
-training set (a manifest), submits train -> sample shards -> evaluate as chained Ray tasks,
+training set (a manifest), submits train -> sample shards -> evaluate (-> the stage: curation,
+self-correction, when configured) as chained Ray tasks,
 and when the evaluation is back persists everything atomically, marks the generation DONE,
 appends to metrics.jsonl and submits the chain's next generation. Chains of a cheap family
 (mad/blocks.py) instead run in blocks: one task advances a block of chains through a slice of
@@ -15,6 +16,7 @@ chain only: the failure is written to ``<chain>/FAILED.json`` and the other chai
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,7 +28,7 @@ from typing import Any, Optional
 import numpy as np
 
 import loops
-from mad import artifacts, blocks, seeding
+from mad import artifacts, blocks, seeding, tasks
 from mad.config import (Config, DataName, TrainInit, check_real_pool, config_to_dict, science_dict,
                         science_of_yaml, to_yaml)
 from mad.divergence import DivergedError
@@ -77,6 +79,8 @@ class Submitted:
     shards: list
     started: float
     share_key: Optional[str] = None  # the stage key when this generation's work may be shared
+    synth: Optional[list] = None  # the stage's output (the synthetic set), when a stage runs; else the shards
+    evaluated: Any = None  # the evaluation's own ref, when a stage runs after it
 
 
 def _digest(*parts: Any) -> str:
@@ -96,7 +100,9 @@ def share_key(cfg: Config, manifest: loops.Manifest, n_sample: int, class_probs:
     if manifest.synth or (cfg.train.init == TrainInit.previous and manifest.gen > 1):
         return None
     probs = None if class_probs is None else [float(p) for p in class_probs]
-    return _digest(cfg.seed, manifest.to_json(), cfg.data, cfg.model, cfg.train, cfg.sample, cfg.metrics,
+    # the stage (curate, correct) runs after the shared work, per chain: only its oversampling (in
+    # n_sample) changes what is shared
+    return _digest(cfg.seed, manifest.to_json(), cfg.data, cfg.model, _scratch_train(cfg), cfg.sample, cfg.metrics,
                    n_sample, cfg.resources.sample_shards, probs)
 
 
@@ -105,7 +111,13 @@ def train_share_key(cfg: Config, manifest: loops.Manifest) -> Optional[str]:
     differ in sampling (lambda), metrics or later counts train their real-only generations once."""
     if manifest.synth or (cfg.train.init == TrainInit.previous and manifest.gen > 1):
         return None
-    return _digest("train", cfg.seed, manifest.to_json(), cfg.data, cfg.model, cfg.train)
+    return _digest("train", cfg.seed, manifest.to_json(), cfg.data, cfg.model, _scratch_train(cfg))
+
+
+def _scratch_train(cfg: Config) -> Any:
+    """The training keys of a generation trained from scratch: neither train.init nor the fine-tuning keys
+    touch it (chains that fine-tune later share generation 1 with chains that retrain)."""
+    return dataclasses.replace(cfg.train, init=TrainInit.scratch, finetune_steps=None, finetune_lr=None)
 
 
 def _data_key(cfg: Config) -> str:
@@ -393,9 +405,11 @@ class Driver:
         Evaluate depends on the reference, the weights and the samples, so its failure may be any
         of theirs: the finished ones are asked in pipeline order and the first that raised is named.
         """
-        stage, failure = "evaluate", err
+        stage, failure = "stage" if sub.evaluated is not None else "evaluate", err
+        staged = sub.evaluated is not None  # then evaluate_ref is the stage's, which runs after the evaluation
         for name, refs in (("train", [sub.state]), ("sample", list(sub.shards)),
-                           ("reference", [sub.run.reference]), ("evaluate", [evaluate_ref])):
+                           ("reference", [sub.run.reference]), ("evaluate", [sub.evaluated if staged else evaluate_ref]),
+                           ("stage", [evaluate_ref])):
             done, _ = remote.wait(refs, num_returns=len(refs), timeout=0)
             try:
                 remote.get(done)
@@ -494,11 +508,13 @@ class Driver:
         n_sample = blocks.n_samples(cfg, gen)
         class_probs = blocks.class_probs(pool, cfg)
         key = share_key(cfg, manifest, n_sample, class_probs) if self.cfg.resources.share_identical else None
-        if key is not None and key not in self._shared and key in self._shared_on_disk:
+        staged = blocks.stage_active(cfg, gen)
+        # saved samples are the stage's output, not the raw shards a chain's own stage needs: not read back
+        if key is not None and key not in self._shared and key in self._shared_on_disk and not staged:
             self._shared[key] = self._read_back(*self._shared_on_disk[key], remote) or self._shared.get(key)
         if key is not None and self._shared.get(key) is not None:
             state, shards, metrics = self._shared[key][1:]
-            return Submitted(r, gen, manifest, state, shards, time.time(), key), metrics
+            return self._with_stage(Submitted(r, gen, manifest, state, shards, time.time(), key), metrics, stages)
         synth_gens = [p.gen for p in manifest.synth]
         flat = [ref for g in synth_gens for ref in r.synth[g]]
         counts = [len(r.synth[g]) for g in synth_gens]
@@ -509,8 +525,8 @@ class Driver:
             state = self._shared_train[tkey][1]
         else:
             job = TrainJob(seed=seed, gen=gen, manifest=manifest.to_json(), synth_gens=tuple(synth_gens),
-                           shard_counts=tuple(counts), family=family, model=cfg.model, train=cfg.train,
-                           progress=self._bars)
+                           shard_counts=tuple(counts), family=family, model=cfg.model,
+                           train=tasks.train_config_at(cfg.train, gen), progress=self._bars)
             state = stages.train.remote(job, pool_ref, init_state, *flat)
             self.n_trained += 1
             if tkey is not None:
@@ -526,7 +542,20 @@ class Driver:
         metrics = stages.evaluate.remote(job, r.reference, state, *shards)
         if key is not None:
             self._shared[key] = (gen, state, shards, metrics)
-        return Submitted(r, gen, manifest, state, shards, time.time(), key), metrics
+        return self._with_stage(Submitted(r, gen, manifest, state, shards, time.time(), key), metrics, stages)
+
+    def _with_stage(self, sub: Submitted, metrics: Any, stages) -> tuple[Submitted, Any]:
+        """Add the stage task (curation, self-correction) when it runs at this generation: the driver then
+        waits on its metrics (the evaluation's with the stage's counts) and keeps its output as the
+        synthetic set."""
+        cfg = sub.run.chain.cfg
+        if not blocks.stage_active(cfg, sub.gen):
+            return sub, metrics
+        metrics_in = metrics
+        synth, metrics = stages.stage.remote(blocks.stage_job(cfg, sub.gen), self.pools[sub.run.data_key][1],
+                                             sub.run.reference, metrics_in, *sub.shards)
+        sub.synth, sub.evaluated = [synth], metrics_in
+        return sub, metrics
 
     # ------------------------------------------------------------------ blocks of cheap chains
     def _runs_in_blocks(self, cfg: Config) -> bool:
@@ -603,14 +632,15 @@ class Driver:
         state = remote.get(sub.state)
         from mad.tasks import concat_shards
 
-        x, y = concat_shards(remote.get(sub.shards))
+        x, y = concat_shards(remote.get(sub.synth or sub.shards))  # with a stage: the set later generations use
+        # a staged generation's saved samples are the stage's output, which another chain cannot read back
         record = self._write(r.chain, gen, sub.manifest, state, x, y, metrics, round(time.time() - sub.started, 4),
-                             share_key=sub.share_key)
+                             share_key=None if sub.synth else sub.share_key)
         synth_size = record["synth_size"]
 
         # Keep only the synthetic sets later generations can use; dropping the refs frees Ray's store.
         if synth_size:
-            r.synth[gen] = sub.shards
+            r.synth[gen] = sub.synth or sub.shards
             r.synth_sizes[gen] = synth_size
         r.next_gen = gen + 1
         keep = set(_needed_synth_gens(cfg, r.next_gen))

@@ -52,9 +52,10 @@ def estimate_compute(chains: list[Chain]) -> dict[str, int]:
     """What running ``chains`` costs, in the units a reader can budget: chain-generations, and for
     diffusion the optimiser steps and images sampled (each image costs ``sample.steps`` network passes).
 
-    Mirrors the driver: every generation trains once and samples max(synthetic set kept, n_eval)
-    images; the last generation keeps no synthetic set."""
-    from mad.config import Family, resolved_counts
+    Mirrors the driver: every generation trains once (``train.finetune_steps`` when it fine-tunes the
+    previous weights) and samples max(synthetic set kept, n_eval) images, the synthetic set k times over
+    when curation chooses one of ``curate.k`` candidates; the last generation keeps no synthetic set."""
+    from mad.config import Family, Reward, TrainInit, n_synth_at
 
     out = {"chains": len(chains), "chain_generations": 0, "diffusion_train_steps": 0, "diffusion_images": 0,
            "diffusion_denoiser_passes": 0}
@@ -63,9 +64,13 @@ def estimate_compute(chains: list[Chain]) -> dict[str, int]:
         gens = cfg.loop.generations
         out["chain_generations"] += gens
         if cfg.model.family == Family.diffusion:
-            _, n_synth = resolved_counts(cfg.loop)
-            images = (gens - 1) * max(n_synth, cfg.metrics.n_eval) + cfg.metrics.n_eval
-            out["diffusion_train_steps"] += gens * cfg.train.steps
+            k = cfg.curate.k if cfg.curate.reward != Reward.none else 1
+            images = sum(max(k * n_synth_at(cfg.loop, g + 1), cfg.metrics.n_eval) for g in range(1, gens))
+            images += cfg.metrics.n_eval
+            later = cfg.train.steps
+            if cfg.train.init == TrainInit.previous and cfg.train.finetune_steps:
+                later = cfg.train.finetune_steps
+            out["diffusion_train_steps"] += cfg.train.steps + (gens - 1) * later
             out["diffusion_images"] += images
             out["diffusion_denoiser_passes"] += images * cfg.sample.steps
     return out

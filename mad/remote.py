@@ -218,6 +218,15 @@ def _evaluate(job: tasks.EvalJob, reference, state, *shards):
 
 
 @ray.remote(num_returns=2)
+def _stage(job: tasks.StageJob, pool, reference, metrics, *shards):
+    """The stage after sampling: (the synthetic set later generations train on, the generation's
+    metrics with the stage's counts added), so the driver waits on one ref per generation still."""
+    _use_assigned_resources()
+    synth, counts = tasks.apply_stage(job, pool, reference, shards)
+    return synth, {**metrics, **counts}
+
+
+@ray.remote(num_returns=2)
 def _run_block(chains, pool, reference, real, n_gens, keep_samples):
     device = _use_assigned_resources()
     return tasks.run_block(chains, pool, reference, real, n_gens, keep_samples, device=device)
@@ -237,6 +246,8 @@ class Stages:
         self.train = _TrainStage(res)
         self.sample = _sample.options(num_cpus=res.sample_cpus, num_gpus=res.sample_gpus, **retry)
         self.evaluate = _evaluate.options(num_cpus=res.eval_cpus, num_gpus=res.eval_gpus, **retry)
+        # curation scores the candidates with the metrics' classifier: it asks for what evaluation asks for
+        self.stage = _stage.options(num_cpus=res.eval_cpus, num_gpus=res.eval_gpus, **retry)
         # A block trains, samples and evaluates: it asks for what training asks for.
         self.run_block = _run_block.options(num_cpus=res.train_cpus, num_gpus=res.train_gpus, **retry)
         self.prepare_reference = _prepare_reference.options(num_cpus=res.eval_cpus, num_gpus=res.eval_gpus,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 # Stages of a generation; each gets its own independent stream.
-TRAIN, SAMPLE, LOOP, REAL, REFERENCE, EVAL = 1, 2, 3, 4, 5, 6
+TRAIN, SAMPLE, LOOP, REAL, REFERENCE, EVAL, STAGE = 1, 2, 3, 4, 5, 6, 7
 
 
 def seed_sequence(seed: int, *keys: int) -> np.random.SeedSequence:

@@ -7,13 +7,15 @@ from ``model.family``); nothing here names a family or a data set.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+import hashlib
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from mad import seeding
-from mad.config import Features, MetricsConfig, ModelConfig, SampleConfig, TrainConfig
+from mad.config import (CorrectConfig, CorrectKind, CurateConfig, Features, MetricsConfig, ModelConfig, Reward,
+                        SampleConfig, TrainConfig, TrainInit)
 from mad.divergence import check_samples, check_state
 from mad.data import RealPool
 from mad.models.protocol import ModelFamily, RealDistribution
@@ -71,6 +73,19 @@ class EvalJob:
     score_samples: bool = True
 
 
+@dataclass(frozen=True)
+class StageJob:
+    """The stage between a generation's sampling and the later generations' training (curation, then
+    self-correction; see ``loops.stages``): it keeps ``n_keep`` of the sampled candidates."""
+
+    seed: int
+    gen: int
+    n_keep: int
+    n_init: int  # the chain's generation-1 real set (positions [0, n_init)): the self-correction centres
+    curate: CurateConfig
+    correct: CorrectConfig
+
+
 def split_shards(flat_shards: Sequence[Any], shard_counts: Sequence[int]) -> list:
     """Flat shards (as Ray passes resolved refs) back into one list per synthetic generation."""
     shards, i = [], 0
@@ -108,7 +123,18 @@ def assemble_training_set(pool: RealPool, seed: int, manifest: dict, synth_gens:
         ys.append(y)
     x = np.concatenate([np.asarray(v, dtype=xs[0].dtype) for v in xs])
     y = None if any(v is None for v in ys) else np.concatenate(ys).astype(np.int64)
+    if manifest.get("subsample"):  # loop.subsample_to: the kept positions of the assembled set
+        idx = np.asarray(manifest["subsample"])
+        x, y = x[idx], (None if y is None else y[idx])
     return x, y
+
+
+def train_config_at(train: TrainConfig, gen: int) -> TrainConfig:
+    """Generation ``gen``'s training config: with ``init=previous`` a generation >= 2 fine-tunes the
+    previous weights with ``finetune_steps`` / ``finetune_lr`` (when set) instead of steps / lr."""
+    if train.init != TrainInit.previous or gen == 1:
+        return train
+    return replace(train, steps=train.finetune_steps or train.steps, lr=train.finetune_lr or train.lr)
 
 
 def training_inputs(job: TrainJob, pool: RealPool, synth_shards: Sequence[Sequence[Shard]]
@@ -144,6 +170,69 @@ def sample_shard(job: SampleJob, state: dict, device: Optional[str] = None) -> S
     )
     check_samples(x, job.family)
     return x, y
+
+
+def classifier_confidence(reference: Any, x: np.ndarray, y: Optional[np.ndarray]) -> np.ndarray:
+    """Per sample: the metrics' classifier's max softmax probability (``mean_confidence`` is its mean)."""
+    from mad.metrics.evaluate import sample_confidence
+
+    return sample_confidence(reference, x)
+
+
+# curate.reward -> per-sample reward (reference, x, y) -> (n,); another reward is one more entry
+REWARDS: dict[Reward, Callable[[Any, np.ndarray, Optional[np.ndarray]], np.ndarray]] = {
+    Reward.classifier_confidence: classifier_confidence,
+}
+
+_CENTRES: dict[tuple, tuple] = {}  # per process: the k-means centres of a chain's real set, computed once
+
+
+def correction_centres(pool: RealPool, seed: int, n_init: int, clusters: int, per_class: bool) -> tuple:
+    """k-means centres of the chain's generation-1 real set (per class when ``per_class``), cached per process."""
+    from loops import FIXED_STREAM
+    from loops.stages import kmeans_centres
+
+    x, y = pool.draw(seed, FIXED_STREAM, n_init, 0)
+    data = np.ascontiguousarray(x).tobytes() + (b"" if y is None else np.ascontiguousarray(y).tobytes())
+    key = (hashlib.sha256(data).hexdigest(), seed, clusters, per_class)
+    if key not in _CENTRES:
+        if len(_CENTRES) >= 16:
+            _CENTRES.pop(next(iter(_CENTRES)))
+        _CENTRES[key] = kmeans_centres(x, y if per_class else None, clusters,
+                                       seeding.derive_seed(seed, seeding.STAGE))
+    return _CENTRES[key]
+
+
+def apply_stage(job: StageJob, pool: RealPool, reference: Any, shards: Sequence[Shard]
+                ) -> tuple[Shard, dict[str, int]]:
+    """The synthetic set later generations train on, from a generation's sampled shards, and the counts
+    for its record (stage_produced, stage_kept, stage_changed). Curation takes the first
+    ``n_keep * curate.k`` samples as candidates, in groups of k; without it the first ``n_keep``
+    samples go on (to self-correction). The metrics score the model's own samples, not this set."""
+    from loops import stages
+
+    x, y = concat_shards(shards)
+    rng = seeding.rng(job.seed, job.gen, seeding.STAGE)
+    produced = job.n_keep
+    if job.curate.reward != Reward.none:
+        produced = job.n_keep * job.curate.k
+        x, y = x[:produced], None if y is None else y[:produced]
+        if reference is None:
+            raise ValueError(f"curate.reward={job.curate.reward.value} needs the metrics' reference")
+        rewards = job.curate.beta * np.asarray(REWARDS[job.curate.reward](reference, x, y), dtype=np.float64)
+        res = stages.curate(x, y, rewards, job.curate.k, rng)
+        x, y = res.x, res.y
+    else:
+        x, y = x[:produced], None if y is None else y[:produced]
+    changed = 0
+    if job.correct.kind == CorrectKind.kmeans:
+        per_class = y is not None and pool.y is not None
+        centres, labels = correction_centres(pool, job.seed, job.n_init, job.correct.clusters, per_class)
+        res = stages.correct(x, y, centres, labels, job.correct.strength)
+        x, y, changed = res.x, res.y, res.changed
+    if len(x) != job.n_keep:
+        raise ValueError(f"the stage kept {len(x)} samples, expected {job.n_keep}")
+    return (x, y), stages.StageResult(x, y, produced, len(x), changed).counts()
 
 
 def evaluate_generation(job: EvalJob, reference: Any, state: dict, shards: Sequence[Shard],

@@ -23,7 +23,7 @@ from mad.metrics.features import (
 from mad.metrics.frechet import feature_stats, fid_to_reference, frechet_distance, sqrt_psd
 from mad.metrics.prdc import compute_knn_sq_radii, prdc
 
-__all__ = ["Reference", "prepare_reference", "evaluate", "extract_features", "class_metrics"]
+__all__ = ["Reference", "prepare_reference", "evaluate", "extract_features", "class_metrics", "sample_confidence"]
 
 KL_EPS = 1e-6  # smoothing so a class the generator never produces gives a finite KL
 
@@ -80,6 +80,16 @@ def extract_features(kind: Features, x: Any, extractor_state: dict | None) -> tu
     raise ValueError(f"metrics.features: unknown feature kind {kind!r}")  # pragma: no cover
 
 
+def sample_confidence(reference: Reference, x: Any) -> np.ndarray:
+    """Per sample: the max softmax probability of the reference's classifier (the metric
+    ``mean_confidence`` is its mean over the scored samples)."""
+    if reference.features_kind != Features.classifier.value:
+        raise ValueError(f"per-sample confidence needs classifier features, the reference has "
+                         f"{reference.features_kind!r}")
+    _, probs = extract_features(Features.classifier, x, reference.extractor_state)
+    return probs.max(1)
+
+
 def _histogram(probs: np.ndarray) -> np.ndarray:
     counts = np.bincount(probs.argmax(1), minlength=probs.shape[1]).astype(np.float64)
     return counts / counts.sum()
@@ -100,7 +110,7 @@ def class_metrics(probs: np.ndarray, real_hist: np.ndarray, y: Any = None) -> di
     out = {
         "class_entropy": float(-(nz * np.log(nz)).sum()),
         "class_kl": float((p * np.log(p / q)).sum()),
-        "mean_confidence": float(probs.max(1).mean()),
+        "mean_confidence": float(probs.max(1).mean()),  # = sample_confidence(...).mean()
     }
     if y is not None:
         labels = np.asarray(y).reshape(-1)
