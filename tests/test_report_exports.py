@@ -254,3 +254,15 @@ def test_log_axes_tick_at_one_two_five(gauss_run):
     assert mantissas <= {1.0, 2.0, 5.0} and log_axis["ticktext"] == [f"{t:g}" for t in log_axis["tickvals"]]
     # a linear panel keeps plotly's automatic ticks (the 1-2-5 ones wait for a switch to log)
     assert "type" not in linear_axis and linear_axis["tickmode"] == "auto"
+
+
+def test_a_run_that_never_scores_samples_still_gets_its_report(tmp_path):
+    """metrics.every=0: the last generation draws no samples at all; the report must not choke on that."""
+    from tests.conftest import run_cli
+
+    out = tmp_path / "run"
+    proc = run_cli("configs/experiment/gaussian.yaml", "sweep={}", "loop.generations=3", "metrics.every=0",
+                   "report.tensorboard=false", f"out={out}", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "report not written" not in proc.stderr + proc.stdout
+    assert (out / "report.html").stat().st_size > 10_000

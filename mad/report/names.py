@@ -12,7 +12,8 @@ from typing import Any, Optional
 # Keys of a metrics.jsonl line that describe the line rather than measure the model.
 # Dotted keys (the sweep assignment) are never metrics either, nor are non-numbers (class_hist).
 NON_METRIC_KEYS = frozenset({"chain", "loop", "seed", "bias", "gen", "n_real", "n_synth", "synth_size", "wall_s",
-                             "time", "family", "data", "index", "name", "real_seen_frac", "class_hist"})
+                             "time", "family", "data", "index", "name", "real_seen_frac", "class_hist",
+                             "stage_produced", "stage_kept", "stage_changed"})
 CLASS_HIST_KEY = "class_hist"  # the generated samples' predicted-class fractions (classifier features)
 METRIC_ORDER = ("fid", "precision", "recall", "density", "coverage", "w2", "trace_ratio", "logdet_ratio",
                 "logdet_ratio_per_dim", "mean_shift", "class_entropy", "class_kl", "mean_confidence", "label_accuracy")

@@ -281,7 +281,7 @@ def load_preview_xy(run_dir: Path, chain: str, gen: int) -> Optional[tuple[np.nd
         return None
     try:
         with np.load(path, allow_pickle=False) as f:
-            if "x" not in f.files:
+            if "x" not in f.files or len(f["x"]) == 0:  # none drawn: a last generation nobody scores
                 return None
             return np.asarray(f["x"]), (np.asarray(f["y"]) if "y" in f.files and f["y"].ndim else None)
     except (OSError, ValueError, KeyError):
