@@ -25,7 +25,8 @@ from typing import Any, Optional
 
 import ray
 
-from mad import progress, tasks
+from mad import tasks
+from mad.progress import BarBoard, BarSpec, worker_bars
 from mad.config import RayConfig, ResourcesConfig
 
 
@@ -83,7 +84,6 @@ def init(cfg: RayConfig, quiet: bool = False, dashboard: bool = False) -> None:
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=not quiet,
                  logging_level="ERROR" if quiet else "INFO")
-        progress.set_console_printer(_safe_print)
         _terminate_like_ctrl_c()
         return
     # A local Ray keeps its files out of the user's home folder: session files under a temp
@@ -107,7 +107,6 @@ def init(cfg: RayConfig, quiet: bool = False, dashboard: bool = False) -> None:
     ray.init(num_cpus=cfg.num_cpus, include_dashboard=dashboard,
              runtime_env=runtime_env, log_to_driver=not quiet,
              logging_level="ERROR" if quiet else "WARNING", configure_logging=True)
-    progress.set_console_printer(_safe_print)
     _terminate_like_ctrl_c()
 
 
@@ -125,28 +124,29 @@ def _terminate_like_ctrl_c() -> None:
         pass
 
 
-def _safe_print(msg: str) -> None:
-    from ray.experimental.tqdm_ray import safe_print
-
-    safe_print(msg, flush=True)
-
-
 def shutdown() -> None:
     """Stop a local Ray and remove its temporary folder (joined clusters are only disconnected)."""
     global _TEMP_ROOT
     if ray.is_initialized():
         ray.shutdown()
-    progress.set_console_printer(None)
     if _TEMP_ROOT is not None:
         shutil.rmtree(_TEMP_ROOT, ignore_errors=True)
         _TEMP_ROOT = None
 
 
-def _use_worker_bars() -> None:
-    """Inside a task, progress bars go through Ray's tqdm, which draws them on the driver's console."""
-    from ray.experimental.tqdm_ray import tqdm as ray_tqdm
+def start_bar_board() -> Any:
+    """The actor that collects the workers' bars for the driver to draw (see ``mad.progress``).
+    It asks for no CPU, so it never holds back a task."""
+    return ray.remote(num_cpus=0, max_restarts=0)(BarBoard).remote()
 
-    progress.set_bar_factory(ray_tqdm)
+
+def chain_slots(res: ResourcesConfig) -> int:
+    """How many chains' generations can train at once on the cluster (at least 1)."""
+    total = ray.cluster_resources()
+    fits = [total.get("CPU", 1) / res.train_cpus] if res.train_cpus > 0 else []
+    if res.train_gpus > 0:
+        fits.append(total.get("GPU", 0) / res.train_gpus)
+    return max(1, int(min(fits))) if fits else cluster_cpus()
 
 
 def _use_assigned_resources() -> Optional[str]:
@@ -157,7 +157,6 @@ def _use_assigned_resources() -> Optional[str]:
     # so torch's "The given NumPy array is not writable" warning is noise in the user's console.
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 
-    _use_worker_bars()
     assigned = ray.get_runtime_context().get_assigned_resources()
     torch.set_num_threads(max(1, int(round(assigned.get("CPU", 1)))))
     if assigned.get("GPU", 0) > 0 and torch.cuda.is_available():
@@ -174,16 +173,17 @@ def _split_shards(flat_shards: tuple, shard_counts) -> list:
 
 
 @ray.remote
-def _train(pool, seed, gen, manifest, synth_gens, shard_counts, family, model, train, init_state, progress,
-           *flat_shards):
+def _train(pool, seed, gen, manifest, synth_gens, shard_counts, family, model, train, init_state,
+           bars: Optional[BarSpec], *flat_shards):
     device = _use_assigned_resources()
-    return tasks.train_generation(pool, seed, gen, manifest, synth_gens, _split_shards(flat_shards, shard_counts),
-                                  family, model, train, init_state=init_state, progress=progress, device=device)
+    with worker_bars(bars) as on:
+        return tasks.train_generation(pool, seed, gen, manifest, synth_gens, _split_shards(flat_shards, shard_counts),
+                                      family, model, train, init_state=init_state, progress=on, device=device)
 
 
 @ray.remote
 def _train_data_parallel(pool, seed, gen, manifest, synth_gens, shard_counts, family, model, train, init_state,
-                         progress, *flat_shards, resources):
+                         bars: Optional[BarSpec], *flat_shards, resources):
     """The launcher of a Ray Train (DDP) run: the same arguments and result as ``_train``.
 
     It only assembles the data and waits, so it asks for no CPU (see ``_TrainStage``); the
@@ -193,7 +193,7 @@ def _train_data_parallel(pool, seed, gen, manifest, synth_gens, shard_counts, fa
 
     return distributed.train_generation_data_parallel(pool, seed, gen, manifest, synth_gens,
                                                       _split_shards(flat_shards, shard_counts), family, model,
-                                                      train, resources, init_state=init_state, progress=progress)
+                                                      train, resources, init_state=init_state, progress=bars)
 
 
 class _TrainStage:
@@ -209,8 +209,8 @@ class _TrainStage:
         self.data_parallel = _train_data_parallel.options(num_cpus=0, max_retries=res.max_retries)
 
     def remote(self, pool, seed, gen, manifest, synth_gens, shard_counts, family, model, train, init_state,
-               progress, *flat_shards):
-        args = (pool, seed, gen, manifest, synth_gens, shard_counts, family, model, train, init_state, progress,
+               bars, *flat_shards):
+        args = (pool, seed, gen, manifest, synth_gens, shard_counts, family, model, train, init_state, bars,
                 *flat_shards)
         # only a family with a gradient loop to split declares supports_data_parallel; a fit in one pass does not
         if train.num_workers > 1 and family.supports_data_parallel:
@@ -219,10 +219,12 @@ class _TrainStage:
 
 
 @ray.remote
-def _sample(state, n, shard, pool_shape, num_classes, class_probs, seed, gen, family, model, sample, progress):
+def _sample(state, n, shard, pool_shape, num_classes, class_probs, seed, gen, family, model, sample,
+            bars: Optional[BarSpec]):
     device = _use_assigned_resources()
-    return tasks.sample_shard(state, n, shard, pool_shape, num_classes, class_probs, seed, gen, family,
-                              model, sample, progress=progress, device=device)
+    with worker_bars(bars) as on:
+        return tasks.sample_shard(state, n, shard, pool_shape, num_classes, class_probs, seed, gen, family,
+                                  model, sample, progress=on, device=device)
 
 
 @ray.remote
