@@ -9,6 +9,11 @@ with each metric's mean and standard deviation over the group's chains at each g
 sample images. Thousands of overlaid curves would be unreadable, and one writer and one scatter plot
 per chain and generation would cost more than a Gaussian generation itself.
 
+Each chain's run also carries TensorBoard hparams (the HParams tab): ``loop.kind``, ``sample.bias``
+(lambda), ``seed`` and every swept key, with the chain's metrics as the tab's columns, so runs can
+be grouped and filtered by loop kind, lambda or seed. A group's summary run carries the same minus
+``seed``.
+
 Resume: each chain's writer is opened on its first logged generation with ``purge_step`` set to
 that generation, so TensorBoard drops whatever an interrupted earlier session logged at that step
 or later; re-logging a generation therefore replaces it instead of drawing it twice.
@@ -19,7 +24,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 
@@ -37,6 +42,25 @@ MAX_CHAIN_RUNS = 64  # more chains than this: one TensorBoard run per group (Gro
 def chain_log_dir(run_dir: str | Path, chain: str) -> Path:
     """Where a chain's events go; path separators in a chain name must not create sub-runs."""
     return Path(run_dir) / "tensorboard" / re.sub(r"[\\/]+", "_", chain)
+
+
+def chain_hparams(record: dict) -> dict[str, Any]:
+    """The hparams of a chain from one of its metrics.jsonl records: loop kind, lambda, seed and the
+    swept keys (the record's dotted keys). Values TensorBoard cannot hold (lists, None) become text."""
+    out: dict[str, Any] = {"loop.kind": record.get("loop"), "sample.bias": record.get("bias"),
+                           "seed": record.get("seed")}
+    out.update({k: v for k, v in record.items() if "." in k})
+    return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in out.items()}
+
+
+def write_hparams(writer: Any, hparams: dict[str, Any], metrics: Iterable[str]) -> None:
+    """The hparams plugin's three summaries in ``writer``'s own run (``SummaryWriter.add_hparams``
+    would start a sub-run and log the metric values again); ``metrics`` are the tab's columns,
+    read by TensorBoard from the run's scalars of those tags."""
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+    for summary in hparams_summaries(hparams, {m: 0.0 for m in metrics}):
+        writer.file_writer.add_summary(summary)
 
 
 def _scalars(record: dict) -> dict[str, float]:
@@ -82,8 +106,12 @@ class TensorBoardTracker:
         ``metrics`` may be the driver's whole metrics.jsonl record: its bookkeeping fields (gen, seed,
         n_real, time, dotted sweep keys, ...) are skipped; ``wall_s`` is kept.
         """
+        new = chain not in self._writers
         writer = self._writer(chain, gen)
-        for key, value in _scalars(metrics).items():
+        scalars = _scalars(metrics)
+        if new:
+            write_hparams(writer, chain_hparams(metrics), scalars)
+        for key, value in scalars.items():
             writer.add_scalar(key, value, global_step=gen)
         if preview_x is not None and len(preview_x):
             writer.add_image(SAMPLES_TAG, self._sample_image(preview_x, f"{chain} gen {gen}"), global_step=gen,
@@ -169,6 +197,10 @@ class GroupSummaryTracker:
 
             writer = SummaryWriter(log_dir=str(chain_log_dir(self.run_dir, group)), purge_step=gen, flush_secs=30)
             self._writers[group] = writer
+            if group != ALL_CHAINS:  # the chains of a group differ only in seed
+                tags = sorted({k for v in vals for k in v})
+                write_hparams(writer, {k: v for k, v in chain_hparams(metrics).items() if k != "seed"},
+                              tags + [f"{t}_std" for t in tags])
         for tag in sorted({k for v in vals for k in v}):
             xs = np.array([v[tag] for v in vals if tag in v])
             writer.add_scalar(tag, float(xs.mean()), global_step=gen)
