@@ -401,6 +401,11 @@ class Driver:
             lines.append(f"mad: report {root / 'report.html'}")
         if self.cfg.report.tensorboard:
             lines.append(f"mad: tensorboard --logdir {root / 'tensorboard'}")
+        if self.cfg.report.tracker.value == "mlflow":
+            from mad.tracking import MLFLOW_DIR, mlflow_uri
+
+            store = self.cfg.report.tracker_dir or root / MLFLOW_DIR
+            lines.append(f"mad: mlflow ui --backend-store-uri {mlflow_uri(store)}")
         print("\n".join(lines), flush=True)
 
     def _fail_chain(self, name: str, gen: int, err: DivergedError) -> None:
@@ -727,18 +732,15 @@ class Driver:
 
     def _after_generation(self, record: Optional[dict] = None, x: Optional[np.ndarray] = None,
                           final: bool = False) -> None:
-        """Dashboards: TensorBoard scalars and sample grids, the live HTML report, and at the end the
-        console table of every chain and generation."""
-        if record is not None and self.cfg.report.tensorboard:
-            if self.tracker is None:
-                from mad import tracking
+        """Dashboards: TensorBoard scalars and sample grids (and MLflow with report.tracker=mlflow), the
+        live HTML report, and at the end the console table of every chain and generation."""
+        if record is not None and self.tracker is None and (self.cfg.report.tensorboard
+                                                            or self.cfg.report.tracker.value != "none"):
+            from mad import tracking
 
-                if len(self.chains) > tracking.MAX_CHAIN_RUNS:  # summaries per group: see mad/tracking.py
-                    earlier = [rec for key, rec in self.records.items() if key not in self._logged_this_session]
-                    self.tracker = tracking.GroupSummaryTracker(self.run_dir.root,
-                                                                [c.describe() for c in self.chains], earlier)
-                else:
-                    self.tracker = tracking.TensorBoardTracker(self.run_dir.root)
+            earlier = [rec for key, rec in self.records.items() if key not in self._logged_this_session]
+            self.tracker = tracking.open_trackers(self.cfg, self.run_dir.root, self.chains, earlier)
+        if record is not None and self.tracker is not None:
             self.tracker.log_generation(record["chain"], record["gen"], record,
                                         None if x is None else x[:artifacts.PREVIEW_SIZE])
         # The page embeds plotly (~5 MB) and grows with the run: rewrite it at most every
@@ -767,7 +769,8 @@ class Driver:
                 self._report_written = time.time()
                 self._report_every = max(REPORT_EVERY_S, REPORT_COST_FACTOR * (self._report_written - now))
         if final and self.tracker is not None:
-            self.tracker.close()
+            self.tracker.close(c.name for c in self.chains
+                               if len(self.run_dir.done_generations(c.name)) >= c.cfg.loop.generations)
             self.tracker = None
 
 

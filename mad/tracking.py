@@ -21,8 +21,11 @@ torch is imported when a tracker is created, not when this module is imported.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
+import sys
+import time
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -216,3 +219,157 @@ class GroupSummaryTracker:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+# ----------------------------------------------------------------------------- MLflow
+MLFLOW_DIR = "mlflow"  # RUN_DIR/mlflow unless report.tracker_dir says otherwise
+MLFLOW_DB = "mlflow.db"
+FLUSH_EVERY_S = 10.0  # metrics are sent in batches: one SQLite transaction costs ~5-10 ms
+CHAIN_TAG = "mad.chain"
+
+
+def mlflow_uri(store_dir: str | Path) -> str:
+    """The tracking URI of a local store: SQLite (MLflow's file store is in maintenance mode)."""
+    return f"sqlite:///{Path(store_dir).resolve() / MLFLOW_DB}"
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+class MlflowTracker:
+    """One MLflow run per chain in an experiment named after the run directory, in a local SQLite
+    store (no server): params = the chain's resolved config keys, tags = the chain's name and the
+    run's report path, metrics = every finite numeric metric per generation (step = generation).
+
+    Metrics are buffered and sent at most every ``FLUSH_EVERY_S`` and at ``close``. A resumed run
+    finds its chains' MLflow runs again by their ``mad.chain`` tag. A failure of the tracker is one
+    warning and the end of tracking, never the end of the run.
+    """
+
+    def __init__(self, run_dir: str | Path, chains: list, store_dir: Optional[str | Path] = None,
+                 report: Optional[str | Path] = None) -> None:
+        import logging
+
+        # MLflow and alembic announce every table they create at INFO: noise on the run's console
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        from mlflow.tracking import MlflowClient
+
+        self.run_dir = Path(run_dir).resolve()
+        self.store_dir = Path(store_dir) if store_dir else self.run_dir / MLFLOW_DIR
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.uri = mlflow_uri(self.store_dir)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.report = None if report is None else str(Path(report).resolve())
+        self._chains = {c.name: c for c in chains}
+        name = str(self.run_dir)
+        exp = self.client.get_experiment_by_name(name)
+        self.experiment_id = exp.experiment_id if exp is not None else self.client.create_experiment(
+            name, artifact_location=(self.store_dir / "artifacts").resolve().as_uri(),
+            tags={"mad.run_dir": name})
+        self._runs: dict[str, str] = {}
+        for run in self.client.search_runs([self.experiment_id], max_results=50000):
+            chain = run.data.tags.get(CHAIN_TAG)
+            if chain in self._chains:
+                self._runs.setdefault(chain, run.info.run_id)
+        self._buffer: dict[str, list] = {}
+        self._flushed = time.monotonic()
+        self.broken = False
+
+    def _run_id(self, chain: str) -> str:
+        run_id = self._runs.get(chain)
+        if run_id is None:
+            from mlflow.entities import Param
+
+            tags = {CHAIN_TAG: chain, "mad.run_dir": str(self.run_dir)}
+            if self.report:
+                tags["mad.report"] = self.report
+            run_id = self.client.create_run(self.experiment_id, run_name=chain, tags=tags).info.run_id
+            from mad.config import config_to_dict
+
+            cfg = config_to_dict(self._chains[chain].cfg)
+            cfg.pop("sweep", None)
+            params = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) or v is None else str(v))
+                      for k, v in sorted(_flat(cfg).items())]
+            for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+                self.client.log_batch(run_id, params=params[i:i + 100])
+            self._runs[chain] = run_id
+        return run_id
+
+    def log_generation(self, chain: str, gen: int, metrics: dict[str, float],
+                       preview_x: Optional[np.ndarray] = None) -> None:
+        if self.broken:
+            return
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        self._buffer.setdefault(chain, []).extend(Metric(k, v, stamp, gen) for k, v in _scalars(metrics).items())
+        if time.monotonic() - self._flushed >= FLUSH_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the buffered metrics (one batch per chain)."""
+        if self.broken:
+            return
+        try:
+            for chain, metrics in self._buffer.items():
+                run_id = self._run_id(chain)
+                for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
+                    self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+            self._buffer.clear()
+        except Exception as err:  # a tracker's failure must not lose a days-long run
+            self.broken = True
+            print(f"mad: warning: mlflow tracking stopped ({self.uri}): {err}", file=sys.stderr)
+        self._flushed = time.monotonic()
+
+    def close(self, finished: Iterable[str] = ()) -> None:
+        """Flush, and mark the MLflow runs of ``finished`` chains FINISHED (others stay RUNNING)."""
+        self.flush()
+        if self.broken:
+            return
+        for chain in finished:
+            if chain in self._runs:
+                self.client.set_terminated(self._runs[chain], "FINISHED")
+
+
+# ----------------------------------------------------------------------------- what the driver opens
+class Trackers:
+    """The run's trackers behind one interface: TensorBoard and/or MLflow, as configured."""
+
+    def __init__(self, trackers: list) -> None:
+        self.trackers = trackers
+
+    def log_generation(self, chain: str, gen: int, metrics: dict[str, float],
+                       preview_x: Optional[np.ndarray] = None) -> None:
+        for t in self.trackers:
+            t.log_generation(chain, gen, metrics, preview_x)
+
+    def close(self, finished: Iterable[str] = ()) -> None:
+        finished = list(finished)
+        for t in self.trackers:
+            if isinstance(t, MlflowTracker):
+                t.close(finished)
+            else:
+                t.close()
+
+
+def open_trackers(cfg: Any, run_dir: str | Path, chains: list, earlier: list[dict]) -> Optional[Trackers]:
+    """The trackers ``cfg.report`` asks for (None: none). ``chains``: the run's planned chains;
+    ``earlier``: records of generations finished before this session (the group summaries count them)."""
+    out: list = []
+    if cfg.report.tensorboard:
+        if len(chains) > MAX_CHAIN_RUNS:  # summaries per group: see the module's docstring
+            out.append(GroupSummaryTracker(run_dir, [c.describe() for c in chains], earlier))
+        else:
+            out.append(TensorBoardTracker(run_dir))
+    if getattr(cfg.report.tracker, "value", cfg.report.tracker) == "mlflow":
+        out.append(MlflowTracker(run_dir, chains, cfg.report.tracker_dir,
+                                 Path(run_dir) / "report.html" if cfg.report.html else None))
+    return Trackers(out) if out else None

@@ -62,3 +62,48 @@ def test_group_summaries_carry_the_hparams_but_seed(tmp_path, monkeypatch):
         assert set(values) == {"loop.kind", "sample.bias"}
         assert f"loop.kind={values['loop.kind']}" in group
         assert {"w2", "w2_std"} <= set(metrics)
+
+
+# ------------------------------------------------------------------ MLflow, local store, no server
+@pytest.mark.usefixtures("ray_local")
+def test_mlflow_params_and_metric_history_read_back_with_its_client(tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from mad.tracking import CHAIN_TAG, mlflow_uri
+
+    out = tmp_path / "run"
+    sweep = "sweep={loop.kind: [fully_synthetic, fresh_data], sample.bias: [1.0, 0.5]}"
+    Driver(load_config(None, [*GAUSS, "loop.generations=3", "report.html=true", "report.tensorboard=false",
+                              "report.tracker=mlflow", sweep, f"out={out}"]), quiet=True).run()
+    assert (out / "mlflow" / "mlflow.db").is_file()  # the default store: inside the run directory
+    client = MlflowClient(tracking_uri=mlflow_uri(out / "mlflow"))
+    exp = client.get_experiment_by_name(str(out.resolve()))
+    runs = {r.data.tags[CHAIN_TAG]: r for r in client.search_runs([exp.experiment_id])}
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    chains = json.loads((out / "chains.json").read_text())
+    assert set(runs) == {c["name"] for c in chains}
+    for c in chains:
+        run = runs[c["name"]]
+        assert run.info.status == "FINISHED"
+        params = run.data.params
+        assert params["loop.kind"] == c["assignment"]["loop.kind"]
+        assert float(params["sample.bias"]) == c["assignment"]["sample.bias"]
+        assert params["model.family"] == "gaussian" and params["loop.generations"] == "3"
+        assert run.data.tags["mad.report"] == str((out / "report.html").resolve())
+        mine = sorted((r for r in records if r["chain"] == c["name"]), key=lambda r: r["gen"])
+        for metric in ("w2", "trace_ratio"):
+            history = sorted(client.get_metric_history(run.info.run_id, metric), key=lambda m: m.step)
+            assert [m.step for m in history] == [1, 2, 3]
+            assert [m.value for m in history] == pytest.approx([r[metric] for r in mine])
+
+
+def test_a_bad_tracker_is_one_line_and_exit_2(tmp_path):
+    from conftest import run_cli
+
+    out = tmp_path / "run"
+    proc = run_cli("configs/experiment/gaussian.yaml", "report.tracker=wandb", f"out={out}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: report.tracker: Invalid value 'wandb', "
+                                                "expected one of [none, mlflow]"]
+    assert not out.exists()
