@@ -174,13 +174,20 @@ class ConsoleBars:
         self._shown: dict[str, Any] = {}
         self._polled = 0.0
         self._lock = threading.Lock()
+        self.broken = False
 
     def poll(self, force: bool = False) -> None:
         """Redraw from the board (at most every ``POLL_EVERY_S`` unless ``force``)."""
         if not force and time.monotonic() - self._polled < POLL_EVERY_S:
             return
         self._polled = time.monotonic()
-        snapshot = self._get(self.board.snapshot.remote())
+        if self.broken:
+            return
+        try:
+            snapshot = self._get(self.board.snapshot.remote())
+        except Exception:  # the board's actor died: bars are a courtesy, the run goes on without them
+            self.broken = True
+            snapshot = {}
         with self._lock:
             for bar_id in [b for b in self._shown if b not in snapshot]:
                 self._shown.pop(bar_id).close()

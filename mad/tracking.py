@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import json
 import math
+import queue
 import re
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -248,52 +250,107 @@ class MlflowTracker:
     store (no server): params = the chain's resolved config keys, tags = the chain's name and the
     run's report path, metrics = every finite numeric metric per generation (step = generation).
 
-    Metrics are buffered and sent at most every ``FLUSH_EVERY_S`` and at ``close``. A resumed run
-    finds its chains' MLflow runs again by their ``mad.chain`` tag. A failure of the tracker is one
-    warning and the end of tracking, never the end of the run.
+    Everything MLflow does happens on one background thread, so the driver never waits for it:
+    ``log_generation`` only queues; the thread opens (or creates) the store, creates a chain's run on
+    its first metrics, and sends the queued metrics in one batch per chain at most every
+    ``FLUSH_EVERY_S`` (a SQLite transaction costs ~5-50 ms). ``close`` sends the rest, marks the
+    finished chains' runs FINISHED and waits for the thread. A resumed run finds its chains' runs again
+    by their ``mad.chain`` tag. A failure of the tracker is one warning and the end of tracking, never
+    the end of the run.
     """
 
     def __init__(self, run_dir: str | Path, chains: list, store_dir: Optional[str | Path] = None,
                  report: Optional[str | Path] = None) -> None:
-        import logging
-
-        # MLflow and alembic announce every table they create at INFO: noise on the run's console
-        for name in ("mlflow", "alembic"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-        from mlflow.tracking import MlflowClient
-
         self.run_dir = Path(run_dir).resolve()
         self.store_dir = Path(store_dir) if store_dir else self.run_dir / MLFLOW_DIR
-        self.store_dir.mkdir(parents=True, exist_ok=True)
         self.uri = mlflow_uri(self.store_dir)
-        self.client = MlflowClient(tracking_uri=self.uri)
         self.report = None if report is None else str(Path(report).resolve())
         self._chains = {c.name: c for c in chains}
+        self._runs: dict[str, str] = {}
+        self._queue: queue.Queue = queue.Queue()
+        self.broken = False
+        self._thread = threading.Thread(target=self._work, name="mad-mlflow", daemon=True)
+        self._thread.start()
+
+    # ---------------------------------------------------------------- the driver's side
+    def log_generation(self, chain: str, gen: int, metrics: dict[str, float],
+                       preview_x: Optional[np.ndarray] = None) -> None:
+        if not self.broken:
+            self._queue.put((chain, gen, int(time.time() * 1000), _scalars(metrics)))
+
+    def close(self, finished: Iterable[str] = ()) -> None:
+        """Send what is queued, mark the MLflow runs of ``finished`` chains FINISHED (the others stay
+        RUNNING), and wait for it."""
+        self._queue.put((_STOP, list(finished)))
+        self._thread.join()
+
+    # ---------------------------------------------------------------- the thread's side
+    def _work(self) -> None:
+        try:
+            self._open()
+            buffer: dict[str, list] = {}
+            flushed = time.monotonic()
+            while True:
+                try:
+                    item = self._queue.get(timeout=max(0.0, FLUSH_EVERY_S - (time.monotonic() - flushed)))
+                except queue.Empty:
+                    item = None
+                if item is not None and item[0] is _STOP:
+                    self._flush(buffer)
+                    for chain in item[1]:
+                        if chain in self._runs:
+                            self.client.set_terminated(self._runs[chain], "FINISHED")
+                    return
+                if item is not None:
+                    chain, gen, stamp, values = item
+                    buffer.setdefault(chain, []).extend(self._metric(k, v, stamp, gen) for k, v in values.items())
+                if time.monotonic() - flushed >= FLUSH_EVERY_S:
+                    self._flush(buffer)
+                    flushed = time.monotonic()
+        except Exception as err:  # a tracker's failure must not lose a days-long run
+            self.broken = True
+            print(f"mad: warning: mlflow tracking stopped ({self.uri}): {err}", file=sys.stderr, flush=True)
+            while True:  # let close() return
+                try:
+                    if self._queue.get(timeout=3600)[0] is _STOP:
+                        return
+                except queue.Empty:
+                    continue
+
+    def _open(self) -> None:
+        import logging
+
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        # MLflow and alembic announce every table they create at INFO: noise on the run's console
+        # (after the import, which sets MLflow's own level)
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        self._metric = Metric
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri=self.uri)
         name = str(self.run_dir)
         exp = self.client.get_experiment_by_name(name)
         self.experiment_id = exp.experiment_id if exp is not None else self.client.create_experiment(
             name, artifact_location=(self.store_dir / "artifacts").resolve().as_uri(),
             tags={"mad.run_dir": name})
-        self._runs: dict[str, str] = {}
         for run in self.client.search_runs([self.experiment_id], max_results=50000):
             chain = run.data.tags.get(CHAIN_TAG)
             if chain in self._chains:
                 self._runs.setdefault(chain, run.info.run_id)
-        self._buffer: dict[str, list] = {}
-        self._flushed = time.monotonic()
-        self.broken = False
 
     def _run_id(self, chain: str) -> str:
         run_id = self._runs.get(chain)
         if run_id is None:
             from mlflow.entities import Param
 
+            from mad.config import config_to_dict
+
             tags = {CHAIN_TAG: chain, "mad.run_dir": str(self.run_dir)}
             if self.report:
                 tags["mad.report"] = self.report
             run_id = self.client.create_run(self.experiment_id, run_name=chain, tags=tags).info.run_id
-            from mad.config import config_to_dict
-
             cfg = config_to_dict(self._chains[chain].cfg)
             cfg.pop("sweep", None)
             params = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) or v is None else str(v))
@@ -303,40 +360,15 @@ class MlflowTracker:
             self._runs[chain] = run_id
         return run_id
 
-    def log_generation(self, chain: str, gen: int, metrics: dict[str, float],
-                       preview_x: Optional[np.ndarray] = None) -> None:
-        if self.broken:
-            return
-        from mlflow.entities import Metric
+    def _flush(self, buffer: dict[str, list]) -> None:
+        for chain, metrics in buffer.items():
+            run_id = self._run_id(chain)
+            for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
+                self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+        buffer.clear()
 
-        stamp = int(time.time() * 1000)
-        self._buffer.setdefault(chain, []).extend(Metric(k, v, stamp, gen) for k, v in _scalars(metrics).items())
-        if time.monotonic() - self._flushed >= FLUSH_EVERY_S:
-            self.flush()
 
-    def flush(self) -> None:
-        """Send the buffered metrics (one batch per chain)."""
-        if self.broken:
-            return
-        try:
-            for chain, metrics in self._buffer.items():
-                run_id = self._run_id(chain)
-                for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
-                    self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
-            self._buffer.clear()
-        except Exception as err:  # a tracker's failure must not lose a days-long run
-            self.broken = True
-            print(f"mad: warning: mlflow tracking stopped ({self.uri}): {err}", file=sys.stderr)
-        self._flushed = time.monotonic()
-
-    def close(self, finished: Iterable[str] = ()) -> None:
-        """Flush, and mark the MLflow runs of ``finished`` chains FINISHED (others stay RUNNING)."""
-        self.flush()
-        if self.broken:
-            return
-        for chain in finished:
-            if chain in self._runs:
-                self.client.set_terminated(self._runs[chain], "FINISHED")
+_STOP = object()
 
 
 # ----------------------------------------------------------------------------- what the driver opens
