@@ -15,6 +15,7 @@ through ``.remote`` like any actor's.
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
 import itertools
 import os
@@ -224,8 +225,10 @@ def eta_seconds(left: Sequence[int], per_gen_s: float, parallel: int) -> float:
 
 class RunClock:
     """Per-chain time per generation, measured on the work itself: the seconds of work in flight
-    (at most ``slots`` units at once) summed over time, divided by the units finished. Starts when
-    the first work is submitted, so Ray's start-up does not count."""
+    (at most ``slots`` units at once) summed over time, divided by the units finished meanwhile.
+    Starts when the first work is submitted, so Ray's start-up does not count; and only the later
+    half of the time measured so far counts, so the slow first generations (workers importing
+    torch, the metrics' reference statistics) fade out of the estimate as the run goes."""
 
     def __init__(self, slots: int) -> None:
         self.slots = max(1, slots)
@@ -233,22 +236,37 @@ class RunClock:
         self.finished = 0
         self._in_flight = 0
         self._since: Optional[float] = None
+        self._start: Optional[float] = None
+        self._times: list[float] = []  # when units finished, and the busy seconds and units by then
+        self._marks: list[tuple[float, int]] = []
 
     def in_flight(self, n: int, now: Optional[float] = None) -> None:
         """The number of units of work in flight changed to ``n``."""
         now = time.monotonic() if now is None else now
         if self._since is not None:
             self.busy_s += min(self._in_flight, self.slots) * (now - self._since)
+        else:
+            self._start = now
         self._since, self._in_flight = now, n
 
-    def done(self, n: int = 1) -> None:
+    def done(self, n: int = 1, now: Optional[float] = None) -> None:
+        """``n`` units of work finished."""
+        now = time.monotonic() if now is None else now
+        self.in_flight(self._in_flight, now)
         self.finished += n
+        self._times.append(now)
+        self._marks.append((self.busy_s, self.finished))
 
     def per_gen_s(self, now: Optional[float] = None) -> Optional[float]:
-        if not self.finished:
+        if not self.finished or self._start is None:
             return None
+        now = time.monotonic() if now is None else now
         self.in_flight(self._in_flight, now)
-        return self.busy_s / self.finished
+        i = bisect.bisect_right(self._times, self._start + (now - self._start) / 2) - 1
+        busy0, finished0 = self._marks[i] if i >= 0 else (0.0, 0)
+        if self.finished == finished0:  # nothing finished in the later half: all of it
+            busy0, finished0 = 0.0, 0
+        return (self.busy_s - busy0) / (self.finished - finished0)
 
     def time_left(self, left: Sequence[int], parallel: Optional[int] = None,
                   now: Optional[float] = None) -> Optional[float]:

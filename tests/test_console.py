@@ -33,21 +33,30 @@ def test_run_clock_excludes_start_up_and_counts_parallel_work_once_per_slot():
     assert clock.time_left([5]) is None  # nothing measured yet: no estimate rather than a wild one
     # Ray's start-up (100 s) happens before the first submission and does not count
     clock.in_flight(4, now=100.0)  # 4 chains submitted, 2 can run at once
-    clock.in_flight(3, now=110.0)  # after 10 s, one generation done
-    clock.done()
-    clock.in_flight(4, now=110.0)  # ... and the chain's next one submitted
-    clock.in_flight(2, now=120.0)  # after 10 s more, two more done
-    clock.done(2)
-    # 2 slots busy for 20 s = 40 slot-seconds for 3 generations
-    assert clock.per_gen_s(now=120.0) == pytest.approx(40.0 / 3)
-    # the old estimate (elapsed incl. start-up / generations done * left) would say 120 / 3 * 8 = 320 s
-    assert clock.time_left([2, 2, 2, 2], now=120.0) == pytest.approx(8 * 40.0 / 3 / 2)
+    clock.done(now=110.0)  # after 10 s, one generation done; the chain's next one submitted
+    clock.done(2, now=120.0)  # after 10 s more, two more done
+    # 2 slots busy for 20 s; the later half of it (110-120 s): 20 slot-seconds for 2 generations
+    assert clock.per_gen_s(now=120.0) == pytest.approx(10.0)
+    # 8 generations left over 2 slots; the old estimate (elapsed incl. start-up / generations done *
+    # generations left) would say 120 / 3 * 8 = 320 s
+    assert clock.time_left([2, 2, 2, 2], now=120.0) == pytest.approx(8 * 10.0 / 2)
     # two blocks left: only 2 units of work can run, whatever the slots
     wide = RunClock(slots=8)
     wide.in_flight(2, now=0.0)
-    wide.in_flight(2, now=10.0)
-    wide.done(10)  # 20 slot-seconds for 10 chain-generations
+    wide.done(10, now=10.0)  # 20 slot-seconds for 10 chain-generations
     assert wide.time_left([1] * 10, parallel=2, now=10.0) == pytest.approx(10 * 2.0 / 2)
+
+
+def test_run_clock_forgets_the_slow_first_generations():
+    clock = RunClock(slots=2)
+    clock.in_flight(2, now=0.0)
+    clock.done(1, now=30.0)  # the first generation: 30 s (workers start, reference statistics)
+    for t in range(40, 101, 10):
+        clock.done(2, now=float(t))  # then 2 generations every 10 s on 2 slots: 10 s each
+    # only the later half (50-100 s) counts: 100 slot-seconds for 10 generations
+    assert clock.per_gen_s(now=100.0) == pytest.approx(10.0)
+    # the whole history would have said 200 / 15
+    assert clock.busy_s / clock.finished == pytest.approx(200.0 / 15)
 
 
 # ------------------------------------------------------------------ bars of a task that raises
