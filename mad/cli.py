@@ -28,7 +28,7 @@ USAGE = """usage: python run.py [CONFIG.yaml] [dotted.key=value ...] [--dry-run]
 
 Runs the self-consuming loop described by CONFIG (default configs/default.yaml).
   --dry-run    print the resolved config and the chains of the sweep; write nothing
-  --quiet      no progress output
+  --quiet      no progress output; only where the run directory and its report are, at the end
   --no-repair  on resume, stop (exit 2) when a finished generation's files fail their checksums,
                instead of recomputing that generation and the chain's later ones
 Exit status: 0 done, 1 a chain failed (diverged; see its FAILED.json), 2 bad input or unusable run directory.

@@ -126,6 +126,11 @@ class Band(str, Enum):
     median_iqr = "median_iqr"
 
 
+class Tracker(str, Enum):
+    none = "none"
+    mlflow = "mlflow"  # MLflow with a local store (SQLite): no server, works offline
+
+
 class KeepSamples(str, Enum):
     all = "all"  # samples.npz and preview.npz of every generation
     last = "last"  # only the latest generation's (what resume needs); earlier ones are deleted
@@ -335,6 +340,8 @@ class ReportConfig:
     band: Band = Band.mean_std  # what a group of seeds draws: mean +- std, or median with the interquartile band
     tensorboard: bool = True
     progress: bool = True  # progress bars and the per-generation table on the console
+    tracker: Tracker = Tracker.none  # also log every chain to an experiment tracker (see mad/tracking.py)
+    tracker_dir: Optional[str] = None  # the tracker's store; null: RUN_DIR/mlflow
     phase: PhaseConfig = field(default_factory=PhaseConfig)
 
 
@@ -997,6 +1004,13 @@ def _validate_one(cfg: Config) -> None:
     pb = cfg.report.phase.baseline_bias
     if pb is not None and not (0.0 < pb <= 1.0):
         raise ConfigError("report.phase.baseline_bias", f"must be in (0, 1] or null, got {pb}")
+    if cfg.report.tracker == Tracker.mlflow:
+        import importlib.util
+
+        missing = [m for m in ("mlflow", "sqlalchemy", "alembic") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ConfigError("report.tracker", f"mlflow needs {', '.join(missing)}, not installed here: "
+                                                "pip install 'mad[mlflow]' (or report.tracker=none)")
     if cfg.resources.block_size is not None and cfg.resources.block_size < 0:
         raise ConfigError("resources.block_size", f"must be null, 0 (no blocks) or positive, got {cfg.resources.block_size}")
     if cfg.metrics.every < 0:

@@ -37,6 +37,7 @@ from mad import tasks
 from mad.config import ModelConfig, ResourcesConfig, TrainConfig
 from mad.data import RealPool
 from mad.models import ModelFamily, get_family
+from mad.progress import BarSpec
 
 
 @dataclass
@@ -64,11 +65,8 @@ def _train_loop_per_worker(config: dict) -> Optional[DataParallelResult]:
     import torch
     import torch.distributed as dist
 
-    from ray.experimental.tqdm_ray import tqdm as ray_tqdm
+    from mad.progress import worker_bars
 
-    from mad import progress as bars
-
-    bars.set_bar_factory(ray_tqdm)  # this worker's bars drawn on the driver's console
     # Ray starts workers with one thread; the worker owns the CPUs it asked for.
     torch.set_num_threads(max(1, int(round(config["cpus_per_worker"]))))
     device = "cpu"
@@ -80,8 +78,9 @@ def _train_loop_per_worker(config: dict) -> Optional[DataParallelResult]:
     # out of them anyway, but torch.from_numpy warns on read-only input, so take a private copy.
     x = np.array(x)
     y = None if y is None else np.array(y)
-    state = config["family"].train(x, y, config["num_classes"], config["model"], config["train"], config["seed"],
-                            init_state=init_state, progress=config["progress"], device=device)
+    with worker_bars(config["progress"]) as on:  # this worker's bars drawn on the driver's console
+        state = config["family"].train(x, y, config["num_classes"], config["model"], config["train"], config["seed"],
+                                       init_state=init_state, progress=on, device=device)
     rank, world_size = dist.get_rank(), dist.get_world_size()
     gathered: list = [None] * world_size
     dist.all_gather_object(gathered, (rank, _digest(state)))
@@ -93,7 +92,7 @@ def _train_loop_per_worker(config: dict) -> Optional[DataParallelResult]:
 
 def train_data_parallel(x: np.ndarray, y: Optional[np.ndarray], num_classes: int, model: ModelConfig,
                         train: TrainConfig, seed: int, resources: ResourcesConfig,
-                        init_state: Optional[dict] = None, progress: bool = False,
+                        init_state: Optional[dict] = None, progress: Optional[BarSpec] = None,
                         family: Optional[ModelFamily] = None) -> DataParallelResult:
     """Train a model of ``family`` (default: the one ``model.family`` names) on ``train.num_workers`` Ray Train workers (DDP); Ray must be running.
 
@@ -147,11 +146,11 @@ def train_data_parallel(x: np.ndarray, y: Optional[np.ndarray], num_classes: int
 
 def train_generation_data_parallel(job: tasks.TrainJob, pool: RealPool,
                                    synth_shards: Sequence[Sequence[tasks.Shard]], resources: ResourcesConfig,
-                                   init_state: Optional[dict] = None) -> dict:
+                                   init_state: Optional[dict] = None, bars: Optional[BarSpec] = None) -> dict:
     """``tasks.train_generation`` for ``train.num_workers > 1``: the same data and seed, trained with DDP."""
     x, y, train_seed = tasks.training_inputs(job, pool, synth_shards)
     state = train_data_parallel(x, y, pool.num_classes, job.model, job.train, train_seed,
-                                resources, init_state=init_state, progress=job.progress, family=job.family).state
+                                resources, init_state=init_state, progress=bars, family=job.family).state
     from mad.divergence import check_state
 
     check_state(state, job.family)  # the same check as the single-worker path (tasks.train_generation)

@@ -34,7 +34,7 @@ from mad.config import (Config, DataName, TrainInit, check_real_pool, config_to_
 from mad.divergence import DivergedError
 from mad.models import get_family
 from mad.plan import Chain, plan_chains
-from mad.progress import console_print
+from mad.progress import BarSpec, ConsoleBars, RunClock, console_print, set_console_printer
 from mad.tasks import EvalJob, SampleJob, TrainJob, shard_sizes
 
 TIMING_FIELDS = ("wall_s", "time")
@@ -189,6 +189,10 @@ class Driver:
         # Bars redraw in place on a terminal; in a log file they would only pile up lines.
         self._bars = not self.quiet and not get_family(cfg.model.family).cheap and sys.stdout.isatty()
         self._to_cache: dict[Any, str] = {}  # reference ref -> cache_dir of a classifier still to cache
+        self._console: Optional[ConsoleBars] = None  # the workers' bars, drawn here (mad/progress.py)
+        self._clock = RunClock(1)  # per-chain time per generation, for the time left
+        self._runs: list[ChainRun] = []
+        self._blocks: list[Block] = []
 
     # ------------------------------------------------------------------ setup
     def _verify(self) -> None:
@@ -291,6 +295,7 @@ class Driver:
             self._write_phase()
             self._after_generation(final=True)
             self._report_failed()
+            self._print_where()
             return self.run_dir
 
         where = self.cfg.ray.address or os.environ.get("RAY_ADDRESS") or "a local Ray"
@@ -298,6 +303,9 @@ class Driver:
         remote.init(self.cfg.ray, quiet=self.quiet,
                     dashboard=any(c.cfg.train.num_workers > 1 for c in self.chains))
         stages = remote.Stages(self.cfg.resources)
+        if self._bars:
+            self._console = ConsoleBars(remote.start_bar_board(), remote.get)
+            set_console_printer(self._console.write)
         self.pools, self.references, self.real, ref_sets = {}, {}, {}, {}
         for r in todo:
             c = r.chain.cfg
@@ -315,15 +323,35 @@ class Driver:
             if not self._runs_in_blocks(c):  # a block's chains are restored into its carried state
                 self._restore(r, remote)
 
+        try:
+            self._loop(runs, todo, stages, remote)
+        finally:  # no bar outlives the loop, whatever ends it: the lines below stay readable
+            if self._console is not None:
+                self._console.close()
+                set_console_printer(None)
+                self._console = None
+        self._write_phase()
+        self._after_generation(final=True)
+        self._report_failed()
+        self._print_where()
+        return self.run_dir
+
+    def _loop(self, runs: list[ChainRun], todo: list[ChainRun], stages, remote) -> None:
+        """Submit every chain's work and persist each generation as it comes back."""
         # ref -> the chain-generations waiting on it (chains that share a stage share its refs), or a
         # Block waiting on a slice of generations
         pending: dict[Any, Any] = {}
         in_blocks = [r for r in todo if self._runs_in_blocks(r.chain.cfg)]
+        self._runs = runs
+        # a block is one unit of work per CPU; a chain's generation one per slot its training fits
+        self._clock = RunClock(remote.cluster_cpus() if len(in_blocks) == len(todo) else
+                               remote.chain_slots(self.cfg.resources))
         for r in todo:
             if not self._runs_in_blocks(r.chain.cfg):
                 sub, ref = self._submit(r, stages, remote)
                 pending.setdefault(ref, []).append(sub)
         idle = self._plan_blocks(in_blocks)
+        self._blocks = list(idle)
         max_blocks = remote.cluster_cpus()  # one block in flight per CPU; Ray spreads them over nodes
 
         def fill_blocks() -> None:
@@ -332,21 +360,30 @@ class Driver:
                 pending[self._submit_block(block, stages, remote)] = block
 
         fill_blocks()
+        self._clock.in_flight(len(pending))
         while pending:
-            ready, _ = remote.wait(list(pending), num_returns=1)
+            ready, _ = remote.wait(list(pending), num_returns=1,
+                                   timeout=None if self._console is None else self._console.poll_every)
+            if self._console is not None:
+                self._console.poll()
+            if not ready:
+                continue
             item = pending.pop(ready[0])
+            self._clock.in_flight(len(pending))
             if isinstance(item, Block):
                 try:
                     results = remote.get(ready[0])
                 except remote.TaskFailure as err:
                     self._block_failed(item, err)
                     continue
+                self._clock.done(len(results))
                 by_name = {r.chain.name: r for r in item.runs}
                 for res in results:
                     by_name[res.name].next_gen = res.gen + 1
                 if not all(r.finished for r in item.runs):
                     idle.append(item)
                 fill_blocks()  # the next slice runs while this one is written
+                self._clock.in_flight(len(pending))
                 self._persist_block(item, results)
                 continue
             subs = item
@@ -359,18 +396,30 @@ class Driver:
                     continue
                 raise self._stage_failed(subs[0], ready[0], err, remote) from None
             self._cache_classifiers(remote)
+            self._clock.done()  # one unit of work, however many chains share it
             for sub in subs:
                 self._persist(sub, dict(metrics), remote)
                 if not sub.run.finished:
                     nxt, ref = self._submit(sub.run, stages, remote)
                     pending.setdefault(ref, []).append(nxt)
+                    self._clock.in_flight(len(pending))
             self._prune_shared(runs)
-        self._log(f"mad: done in {time.time() - self.t_start:.1f}s; metrics in {self.run_dir.root / artifacts.METRICS}; "
-                  f"dashboard {self.run_dir.root / 'report.html'}")
-        self._write_phase()
-        self._after_generation(final=True)
-        self._report_failed()
-        return self.run_dir
+
+    def _print_where(self) -> None:
+        """The last lines, printed with --quiet too: where the run and its dashboards are."""
+        root = self.run_dir.root
+        lines = [f"mad: done in {time.time() - self.t_start:.1f}s; run directory {root} (metrics in "
+                 f"{root / artifacts.METRICS})"]
+        if self.cfg.report.html:
+            lines.append(f"mad: report {root / 'report.html'}")
+        if self.cfg.report.tensorboard:
+            lines.append(f"mad: tensorboard --logdir {root / 'tensorboard'}")
+        if self.cfg.report.tracker.value == "mlflow":
+            from mad.tracking import MLFLOW_DIR, mlflow_uri
+
+            store = self.cfg.report.tracker_dir or root / MLFLOW_DIR
+            lines.append(f"mad: mlflow ui --backend-store-uri {mlflow_uri(store)}")
+        print("\n".join(lines), flush=True)
 
     def _fail_chain(self, name: str, gen: int, err: DivergedError) -> None:
         """Stop a chain whose generation diverged: one line, and FAILED.json so resume reports it again."""
@@ -526,15 +575,15 @@ class Driver:
         else:
             job = TrainJob(seed=seed, gen=gen, manifest=manifest.to_json(), synth_gens=tuple(synth_gens),
                            shard_counts=tuple(counts), family=family, model=cfg.model,
-                           train=tasks.train_config_at(cfg.train, gen), progress=self._bars)
-            state = stages.train.remote(job, pool_ref, init_state, *flat)
+                           train=tasks.train_config_at(cfg.train, gen))
+            state = stages.train.remote(job, pool_ref, init_state, self._bar_spec(r, gen), *flat)
             self.n_trained += 1
             if tkey is not None:
                 self._shared_train[tkey] = (gen, state)
         shards = [
             stages.sample.remote(SampleJob(seed=seed, gen=gen, shard=i, n=n, pool_shape=pool.sample_shape,
                                            num_classes=pool.num_classes, class_probs=class_probs, family=family,
-                                           model=cfg.model, sample=cfg.sample, progress=self._bars), state)
+                                           model=cfg.model, sample=cfg.sample), state, self._bar_spec(r, gen))
             for i, n in enumerate(shard_sizes(n_sample, cfg.resources.sample_shards))
         ]
         job = EvalJob(n_eval=cfg.metrics.n_eval, metrics=cfg.metrics, family=family, bias=cfg.sample.bias,
@@ -556,6 +605,10 @@ class Driver:
                                              sub.run.reference, metrics_in, *sub.shards)
         sub.synth, sub.evaluated = [synth], metrics_in
         return sub, metrics
+
+    def _bar_spec(self, r: ChainRun, gen: int) -> Optional[BarSpec]:
+        """A task's bars, labelled ``chain gen`` (the task adds its stage); None: no bars."""
+        return None if self._console is None else BarSpec(self._console.board, f"{r.chain.name} g{gen}")
 
     # ------------------------------------------------------------------ blocks of cheap chains
     def _runs_in_blocks(self, cfg: Config) -> bool:
@@ -625,7 +678,8 @@ class Driver:
             gens = sorted({res.gen for res in results})
             self._log(f"[block of {len(block.runs)} chains: {block.runs[0].chain.name} ...] gen {gens[0]}-{gens[-1]} "
                       f"done ({len(results)} chain-generations, {time.time() - block.started:.1f}s; "
-                      f"{len(self.records)}/{self._total_gens} in all, elapsed {time.time() - self.t_start:.0f}s)")
+                      f"{len(self.records)}/{self._total_gens} in all, elapsed {time.time() - self.t_start:.0f}s"
+                      f"{self._time_left(sum(not all(r.finished for r in b.runs) for b in self._blocks))})")
 
     def _persist(self, sub: Submitted, metrics: dict, remote) -> None:
         r, gen, cfg = sub.run, sub.gen, sub.run.chain.cfg
@@ -692,31 +746,33 @@ class Driver:
         self.gens_this_session += 1
         return record
 
+    def _time_left(self, parallel: Optional[int] = None) -> str:
+        """``, ~Ns left`` from the measured per-chain time per generation; empty before the first one."""
+        left = [r.chain.cfg.loop.generations - r.next_gen + 1 for r in self._runs
+                if not r.finished and r.chain.name not in self.failed]
+        eta = self._clock.time_left(left, parallel)
+        return "" if eta is None else f", ~{eta:.0f}s left"
+
     def _print_generation(self, rec: dict, cfg: Config) -> None:
-        left = self._total_gens - len(self.records)
         elapsed = time.time() - self.t_start
-        eta = elapsed / max(1, self.gens_this_session) * left
         from mad.report import TABLE_METRICS
 
         shown = [k for k in TABLE_METRICS if k in rec]
         vals = "  ".join(f"{k}={rec[k]:.4g}" for k in shown)
         self._log(f"[{rec['chain']}] gen {rec['gen']:>3}/{cfg.loop.generations}  {vals}  "
-                  f"({rec['wall_s']:.1f}s, elapsed {elapsed:.0f}s, ~{eta:.0f}s left)")
+                  f"({rec['wall_s']:.1f}s, elapsed {elapsed:.0f}s{self._time_left()})")
 
     def _after_generation(self, record: Optional[dict] = None, x: Optional[np.ndarray] = None,
                           final: bool = False) -> None:
-        """Dashboards: TensorBoard scalars and sample grids, the live HTML report, and at the end the
-        console table of every chain and generation."""
-        if record is not None and self.cfg.report.tensorboard:
-            if self.tracker is None:
-                from mad import tracking
+        """Dashboards: TensorBoard scalars and sample grids (and MLflow with report.tracker=mlflow), the
+        live HTML report, and at the end the console table of every chain and generation."""
+        if record is not None and self.tracker is None and (self.cfg.report.tensorboard
+                                                            or self.cfg.report.tracker.value != "none"):
+            from mad import tracking
 
-                if len(self.chains) > tracking.MAX_CHAIN_RUNS:  # summaries per group: see mad/tracking.py
-                    earlier = [rec for key, rec in self.records.items() if key not in self._logged_this_session]
-                    self.tracker = tracking.GroupSummaryTracker(self.run_dir.root,
-                                                                [c.describe() for c in self.chains], earlier)
-                else:
-                    self.tracker = tracking.TensorBoardTracker(self.run_dir.root)
+            earlier = [rec for key, rec in self.records.items() if key not in self._logged_this_session]
+            self.tracker = tracking.open_trackers(self.cfg, self.run_dir.root, self.chains, earlier)
+        if record is not None and self.tracker is not None:
             self.tracker.log_generation(record["chain"], record["gen"], record,
                                         None if x is None else x[:artifacts.PREVIEW_SIZE])
         # The page embeds plotly (~5 MB) and grows with the run: rewrite it at most every
@@ -745,7 +801,8 @@ class Driver:
                 self._report_written = time.time()
                 self._report_every = max(REPORT_EVERY_S, REPORT_COST_FACTOR * (self._report_written - now))
         if final and self.tracker is not None:
-            self.tracker.close()
+            self.tracker.close(c.name for c in self.chains
+                               if len(self.run_dir.done_generations(c.name)) >= c.cfg.loop.generations)
             self.tracker = None
 
 

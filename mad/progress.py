@@ -1,43 +1,278 @@
-"""Progress bars that stay readable when the work runs in Ray workers.
+"""The console of a run: progress bars of work that runs in Ray workers, the driver's lines, and
+the time-left estimate.
 
-This module does not import Ray: ``mad.remote`` installs Ray's tqdm (``ray.experimental.tqdm_ray``,
-which draws a worker's bars on the driver's console instead of interleaving raw carriage returns
-from every worker) as the bar factory inside its tasks, and Ray's ``safe_print`` as the driver's
-printer while Ray runs. Without them: plain tqdm and ``print``.
+Bars: a task's bars are labelled ``chain gen stage`` (``fully_synthetic/lam1/seed0 g3 sample``)
+and drawn by the driver, not by the worker. A worker's bar sends its count to a :class:`BarBoard`
+(a small Ray actor that ``mad.remote`` starts when bars are wanted); the driver polls the board
+while it waits for results and draws one ``tqdm`` line per open bar (:class:`ConsoleBars`), cleared
+when the bar closes. Every bar is closed in a ``finally``: by :func:`progress_bar` when its loop
+ends, by :func:`worker_bars` when a task ends however it ends, and by the driver before the final
+table. Ray's own ``tqdm_ray`` is not used: it labels bars by worker PID and leaves every finished
+bar on the screen as a frozen line.
+
+This module does not import Ray: the board's handle is passed in, and its methods are called
+through ``.remote`` like any actor's.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional
+import bisect
+import contextlib
+import itertools
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 _bar_factory: Optional[Callable[..., Any]] = None
 _printer: Optional[Callable[[str], None]] = None
 
+SEND_EVERY_S = 0.5  # a worker's bar sends its count at most this often (and once when it closes)
+POLL_EVERY_S = 0.5  # the driver redraws its bars at most this often
+
 
 def set_bar_factory(factory: Optional[Callable[..., Any]]) -> None:
-    """``factory(iterable, desc=..., total=...)`` makes the bars of this process (None: tqdm)."""
+    """``factory(desc=..., total=...)`` makes the bars of this process (None: tqdm)."""
     global _bar_factory
     _bar_factory = factory
 
 
 def set_console_printer(printer: Optional[Callable[[str], None]]) -> None:
-    """``printer(msg)`` prints the driver's lines without tearing the workers' bars (None: print)."""
+    """``printer(msg)`` prints the driver's lines without tearing its bars (None: print)."""
     global _printer
     _printer = printer
 
 
 def progress_bar(iterable: Iterable, desc: str, enabled: bool, total: Optional[int] = None) -> Iterable:
+    """``iterable``, counted on a bar named ``desc`` when ``enabled``; the bar is closed when the
+    loop ends, breaks or raises."""
     if not enabled:
         return iterable
-    if _bar_factory is not None:
-        return _bar_factory(iterable, desc=desc, total=total)
-    from tqdm.auto import tqdm
+    if total is None:
+        try:
+            total = len(iterable)  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+    return _counted(iterable, desc, total)
 
-    return tqdm(iterable, desc=desc, total=total, leave=False)
+
+def _counted(iterable: Iterable, desc: str, total: Optional[int]) -> Iterator:
+    if _bar_factory is not None:
+        bar = _bar_factory(desc=desc, total=total)
+    else:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc=desc, total=total, leave=False)
+    try:
+        for item in iterable:
+            yield item
+            bar.update(1)
+    finally:
+        bar.close()
 
 
 def console_print(msg: str) -> None:
-    """Print a line on the driver without tearing the workers' progress bars."""
+    """Print a line on the driver without tearing its progress bars."""
     if _printer is not None:
         _printer(msg)
     else:
         print(msg, flush=True)
+
+
+# ----------------------------------------------------------------------------- bars of Ray workers
+class BarBoard:
+    """The open bars of every worker, by id: (label, count, total). Run as a Ray actor (no CPU):
+    workers call ``update``, the driver ``snapshot``."""
+
+    def __init__(self) -> None:
+        self._bars: dict[str, tuple[str, int, Optional[int]]] = {}
+
+    def update(self, bar_id: str, label: str, n: int, total: Optional[int], closed: bool) -> None:
+        if closed:
+            self._bars.pop(bar_id, None)
+        else:
+            self._bars[bar_id] = (label, n, total)
+
+    def snapshot(self) -> dict[str, tuple[str, int, Optional[int]]]:
+        return dict(self._bars)
+
+
+_ids = itertools.count()
+
+
+class BoardBar:
+    """A worker's bar: its count goes to the board at most every ``SEND_EVERY_S``, and on close."""
+
+    def __init__(self, board: Any, label: str, total: Optional[int], registry: Optional[set] = None) -> None:
+        self.board, self.label, self.total = board, label, total
+        self.id = f"{os.getpid()}-{next(_ids)}-{id(self)}"
+        self.n = 0
+        self.closed = False
+        self._sent = 0.0
+        self._registry = registry
+        if registry is not None:
+            registry.add(self)
+        self._send()
+
+    def _send(self) -> None:
+        self._sent = time.monotonic()
+        # fire and forget: the driver only ever sees the latest count
+        self.board.update.remote(self.id, self.label, self.n, self.total, self.closed)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if time.monotonic() - self._sent >= SEND_EVERY_S:
+            self._send()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._registry is not None:
+            self._registry.discard(self)
+        self._send()
+
+
+@dataclass(frozen=True)
+class BarSpec:
+    """What a task needs to draw its bars on the driver: the board and the ``chain gen`` label."""
+
+    board: Any
+    label: str
+
+
+@contextlib.contextmanager
+def worker_bars(spec: Optional[BarSpec]) -> Iterator[bool]:
+    """Inside a task: bars go to ``spec``'s board as ``<label> <stage>``; yields whether bars are
+    on. Every bar still open when the task ends (it raised inside a loop) is closed here."""
+    if spec is None:
+        yield False
+        return
+    open_bars: set = set()
+    set_bar_factory(lambda desc, total=None: BoardBar(spec.board, f"{spec.label} {desc}", total, open_bars))
+    try:
+        yield True
+    finally:
+        for bar in list(open_bars):
+            try:
+                bar.close()
+            except Exception:  # the board is gone (Ray shutting down): nothing left to clear
+                pass
+        set_bar_factory(None)
+
+
+class ConsoleBars:
+    """The driver's drawing of a board's bars: one ``tqdm`` line per open bar, removed (not left
+    behind) when the bar closes. ``write`` prints a line above the bars."""
+
+    poll_every = POLL_EVERY_S
+
+    def __init__(self, board: Any, get: Callable[[Any], Any]) -> None:
+        from tqdm.auto import tqdm
+
+        self._tqdm = tqdm
+        self.board, self._get = board, get
+        self._shown: dict[str, Any] = {}
+        self._polled = 0.0
+        self._lock = threading.Lock()
+        self.broken = False
+
+    def poll(self, force: bool = False) -> None:
+        """Redraw from the board (at most every ``POLL_EVERY_S`` unless ``force``)."""
+        if not force and time.monotonic() - self._polled < POLL_EVERY_S:
+            return
+        self._polled = time.monotonic()
+        if self.broken:
+            return
+        try:
+            snapshot = self._get(self.board.snapshot.remote())
+        except Exception:  # the board's actor died: bars are a courtesy, the run goes on without them
+            self.broken = True
+            snapshot = {}
+        with self._lock:
+            for bar_id in [b for b in self._shown if b not in snapshot]:
+                self._shown.pop(bar_id).close()
+            for bar_id, (label, n, total) in sorted(snapshot.items(), key=lambda kv: kv[1][0]):
+                bar = self._shown.get(bar_id)
+                if bar is None:
+                    bar = self._tqdm(desc=label, total=total, leave=False, dynamic_ncols=True)
+                    self._shown[bar_id] = bar
+                if bar.n != n:
+                    bar.update(n - bar.n)
+
+    def write(self, msg: str) -> None:
+        with self._lock:
+            self._tqdm.write(msg)
+
+    def close(self) -> None:
+        """Remove every bar from the screen (leave=False clears their lines)."""
+        with self._lock:
+            for bar in self._shown.values():
+                bar.close()
+            self._shown.clear()
+
+
+# ----------------------------------------------------------------------------- time left
+def eta_seconds(left: Sequence[int], per_gen_s: float, parallel: int) -> float:
+    """Seconds until every chain is done: the chains' remaining generations (``left``, one entry
+    per unfinished chain) shared among ``parallel`` chain-generations at once, each taking
+    ``per_gen_s``; never less than the longest chain alone, as a chain's generations run in order."""
+    left = [n for n in left if n > 0]
+    if not left:
+        return 0.0
+    return max(sum(left) * per_gen_s / max(1, parallel), max(left) * per_gen_s)
+
+
+class RunClock:
+    """Per-chain time per generation, measured on the work itself: the seconds of work in flight
+    (at most ``slots`` units at once) summed over time, divided by the units finished meanwhile.
+    Starts when the first work is submitted, so Ray's start-up does not count; and only the later
+    half of the time measured so far counts, so the slow first generations (workers importing
+    torch, the metrics' reference statistics) fade out of the estimate as the run goes."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = max(1, slots)
+        self.busy_s = 0.0
+        self.finished = 0
+        self._in_flight = 0
+        self._since: Optional[float] = None
+        self._start: Optional[float] = None
+        self._times: list[float] = []  # when units finished, and the busy seconds and units by then
+        self._marks: list[tuple[float, int]] = []
+
+    def in_flight(self, n: int, now: Optional[float] = None) -> None:
+        """The number of units of work in flight changed to ``n``."""
+        now = time.monotonic() if now is None else now
+        if self._since is not None:
+            self.busy_s += min(self._in_flight, self.slots) * (now - self._since)
+        else:
+            self._start = now
+        self._since, self._in_flight = now, n
+
+    def done(self, n: int = 1, now: Optional[float] = None) -> None:
+        """``n`` units of work finished."""
+        now = time.monotonic() if now is None else now
+        self.in_flight(self._in_flight, now)
+        self.finished += n
+        self._times.append(now)
+        self._marks.append((self.busy_s, self.finished))
+
+    def per_gen_s(self, now: Optional[float] = None) -> Optional[float]:
+        if not self.finished or self._start is None:
+            return None
+        now = time.monotonic() if now is None else now
+        self.in_flight(self._in_flight, now)
+        i = bisect.bisect_right(self._times, self._start + (now - self._start) / 2) - 1
+        busy0, finished0 = self._marks[i] if i >= 0 else (0.0, 0)
+        if self.finished == finished0:  # nothing finished in the later half: all of it
+            busy0, finished0 = 0.0, 0
+        return (self.busy_s - busy0) / (self.finished - finished0)
+
+    def time_left(self, left: Sequence[int], parallel: Optional[int] = None,
+                  now: Optional[float] = None) -> Optional[float]:
+        """Seconds left for chains with ``left`` generations to go; ``parallel``: how many units of
+        work can still run at once when fewer than ``slots`` are left (blocks of chains)."""
+        per_gen = self.per_gen_s(now)
+        if per_gen is None:
+            return None
+        return eta_seconds(left, per_gen, self.slots if parallel is None else min(self.slots, parallel))

@@ -12,6 +12,7 @@ processes and removes that folder when the driver exits, however it exits.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import errno
 import logging
 import os
@@ -25,7 +26,8 @@ from typing import Any, Optional
 
 import ray
 
-from mad import progress, tasks
+from mad import tasks
+from mad.progress import BarBoard, BarSpec, worker_bars
 from mad.config import RayConfig, ResourcesConfig
 
 
@@ -83,7 +85,6 @@ def init(cfg: RayConfig, quiet: bool = False, dashboard: bool = False) -> None:
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=not quiet,
                  logging_level="ERROR" if quiet else "INFO")
-        progress.set_console_printer(_safe_print)
         _terminate_like_ctrl_c()
         return
     # A local Ray keeps its files out of the user's home folder: session files under a temp
@@ -107,7 +108,6 @@ def init(cfg: RayConfig, quiet: bool = False, dashboard: bool = False) -> None:
     ray.init(num_cpus=cfg.num_cpus, include_dashboard=dashboard,
              runtime_env=runtime_env, log_to_driver=not quiet,
              logging_level="ERROR" if quiet else "WARNING", configure_logging=True)
-    progress.set_console_printer(_safe_print)
     _terminate_like_ctrl_c()
 
 
@@ -125,28 +125,29 @@ def _terminate_like_ctrl_c() -> None:
         pass
 
 
-def _safe_print(msg: str) -> None:
-    from ray.experimental.tqdm_ray import safe_print
-
-    safe_print(msg, flush=True)
-
-
 def shutdown() -> None:
     """Stop a local Ray and remove its temporary folder (joined clusters are only disconnected)."""
     global _TEMP_ROOT
     if ray.is_initialized():
         ray.shutdown()
-    progress.set_console_printer(None)
     if _TEMP_ROOT is not None:
         shutil.rmtree(_TEMP_ROOT, ignore_errors=True)
         _TEMP_ROOT = None
 
 
-def _use_worker_bars() -> None:
-    """Inside a task, progress bars go through Ray's tqdm, which draws them on the driver's console."""
-    from ray.experimental.tqdm_ray import tqdm as ray_tqdm
+def start_bar_board() -> Any:
+    """The actor that collects the workers' bars for the driver to draw (see ``mad.progress``).
+    It asks for no CPU, so it never holds back a task."""
+    return ray.remote(num_cpus=0, max_restarts=0)(BarBoard).remote()
 
-    progress.set_bar_factory(ray_tqdm)
+
+def chain_slots(res: ResourcesConfig) -> int:
+    """How many chains' generations can train at once on the cluster (at least 1)."""
+    total = ray.cluster_resources()
+    fits = [total.get("CPU", 1) / res.train_cpus] if res.train_cpus > 0 else []
+    if res.train_gpus > 0:
+        fits.append(total.get("GPU", 0) / res.train_gpus)
+    return max(1, int(min(fits))) if fits else cluster_cpus()
 
 
 def _use_assigned_resources() -> Optional[str]:
@@ -157,7 +158,6 @@ def _use_assigned_resources() -> Optional[str]:
     # so torch's "The given NumPy array is not writable" warning is noise in the user's console.
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 
-    _use_worker_bars()
     assigned = ray.get_runtime_context().get_assigned_resources()
     torch.set_num_threads(max(1, int(round(assigned.get("CPU", 1)))))
     if assigned.get("GPU", 0) > 0 and torch.cuda.is_available():
@@ -166,14 +166,16 @@ def _use_assigned_resources() -> Optional[str]:
 
 
 @ray.remote
-def _train(job: tasks.TrainJob, pool, init_state, *flat_shards):
+def _train(job: tasks.TrainJob, pool, init_state, bars: Optional[BarSpec], *flat_shards):
     device = _use_assigned_resources()
-    return tasks.train_generation(job, pool, tasks.split_shards(flat_shards, job.shard_counts),
-                                  init_state=init_state, device=device)
+    with worker_bars(bars) as on:
+        return tasks.train_generation(dataclasses.replace(job, progress=on), pool,
+                                      tasks.split_shards(flat_shards, job.shard_counts),
+                                      init_state=init_state, device=device)
 
 
 @ray.remote
-def _train_data_parallel(job: tasks.TrainJob, pool, init_state, *flat_shards, resources):
+def _train_data_parallel(job: tasks.TrainJob, pool, init_state, bars: Optional[BarSpec], *flat_shards, resources):
     """The launcher of a Ray Train (DDP) run: the same arguments and result as ``_train``.
 
     It only assembles the data and waits, so it asks for no CPU (see ``_TrainStage``); the
@@ -182,7 +184,7 @@ def _train_data_parallel(job: tasks.TrainJob, pool, init_state, *flat_shards, re
     from mad import distributed
 
     return distributed.train_generation_data_parallel(job, pool, tasks.split_shards(flat_shards, job.shard_counts),
-                                                      resources, init_state=init_state)
+                                                      resources, init_state=init_state, bars=bars)
 
 
 class _TrainStage:
@@ -197,18 +199,21 @@ class _TrainStage:
         # the launcher's process; Ray Train reruns the training itself when a worker dies.
         self.data_parallel = _train_data_parallel.options(num_cpus=0, max_retries=res.max_retries)
 
-    def remote(self, job: tasks.TrainJob, pool: Any, init_state: Any, *flat_shards: Any) -> Any:
-        """``pool``, ``init_state`` and the shards may be object refs: Ray resolves top-level arguments."""
+    def remote(self, job: tasks.TrainJob, pool: Any, init_state: Any, bars: Optional[BarSpec],
+               *flat_shards: Any) -> Any:
+        """``pool``, ``init_state`` and the shards may be object refs: Ray resolves top-level arguments.
+        ``bars`` says where the worker's progress bars go (None: no bars)."""
         # only a family with a gradient loop to split declares supports_data_parallel; a fit in one pass does not
         if job.train.num_workers > 1 and job.family.supports_data_parallel:
-            return self.data_parallel.remote(job, pool, init_state, *flat_shards, resources=self.res)
-        return self.single.remote(job, pool, init_state, *flat_shards)
+            return self.data_parallel.remote(job, pool, init_state, bars, *flat_shards, resources=self.res)
+        return self.single.remote(job, pool, init_state, bars, *flat_shards)
 
 
 @ray.remote
-def _sample(job: tasks.SampleJob, state):
+def _sample(job: tasks.SampleJob, state, bars: Optional[BarSpec]):
     device = _use_assigned_resources()
-    return tasks.sample_shard(job, state, device=device)
+    with worker_bars(bars) as on:
+        return tasks.sample_shard(dataclasses.replace(job, progress=on), state, device=device)
 
 
 @ray.remote
