@@ -755,7 +755,7 @@ class Driver:
 
     def _print_generation(self, rec: dict, cfg: Config) -> None:
         elapsed = time.time() - self.t_start
-        from mad.report import TABLE_METRICS
+        from mad.report.names import TABLE_METRICS
 
         shown = [k for k in TABLE_METRICS if k in rec]
         vals = "  ".join(f"{k}={rec[k]:.4g}" for k in shown)

@@ -34,7 +34,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from mad.plots import is_image_batch, render_scatter, tile_images
-from mad.report import NON_METRIC_KEYS
+from mad.report.names import NON_METRIC_KEYS
 
 # Bookkeeping fields of a metrics.jsonl record are not charted, except the wall time.
 _SKIP = NON_METRIC_KEYS - {"wall_s"}
