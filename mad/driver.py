@@ -172,6 +172,7 @@ class Driver:
         self._report_written = 0.0
         self._shared: dict[str, tuple] = {}  # share key -> (gen, state, shards, metrics) object refs
         self._shared_on_disk: dict[str, tuple[str, int]] = {}  # share key -> a finished (chain, gen) holding it
+        self._metric_keys_on_disk: dict[tuple[str, int], list[str]] = {}  # ... and the metrics it computed
         self._shared_train: dict[str, tuple] = {}  # train share key -> (gen, weights object ref)
         self.n_trained = 0  # training tasks submitted by this driver (shared ones once)
         self._report_every = REPORT_EVERY_S
@@ -257,6 +258,7 @@ class Driver:
                 key = f.manifest.get("share_key")
                 if key:
                     self._shared_on_disk.setdefault(key, (name, f.gen))
+                    self._metric_keys_on_disk[(name, f.gen)] = f.manifest.get("metric_keys", [])
         self._states.clear()  # read once; the driver now knows what it writes
         self.run_dir.rewrite_metrics(self._ordered_records())
         return resuming
@@ -513,7 +515,7 @@ class Driver:
         if not (self.run_dir.has_model(chain, gen) and self.run_dir.has_samples(chain, gen)):
             return None
         record = self.records[(chain, gen)]
-        metric_keys = self.run_dir.read_manifest(chain, gen).get("metric_keys", [])
+        metric_keys = self._metric_keys_on_disk.get((chain, gen), [])
         x, y = self.run_dir.read_samples(chain, gen)
         return (gen, remote.put(self.run_dir.read_model(chain, gen)), [remote.put((x, y))],
                 remote.put({k: record[k] for k in metric_keys}))
