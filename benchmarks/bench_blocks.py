@@ -44,6 +44,7 @@ from mad.metrics import compute_knn_sq_radii, fid_to_reference, gaussian_w2, prd
 DIM, N, N_EVAL, N_REF, K = 10, 100, 500, 500, 5
 BASE = ["data.name=gaussian", f"data.dim={DIM}", f"data.n_reference={N_REF}", "model.family=gaussian",
         "metrics.features=raw", f"metrics.n_eval={N_EVAL}", "loop.kind=fully_synthetic", f"loop.n_init={N}",
+        f"loop.n_synth={N}",
         "artifacts.samples=none", "artifacts.keep_models=last", "report.progress=false", "sweep={}"]
 DASH_OFF = ["report.html=false", "report.tensorboard=false"]
 

@@ -278,7 +278,10 @@ class Driver:
         try:
             return self._run()
         finally:
-            self.run_dir.unlock()
+            try:
+                self.run_dir.remove_spares()
+            finally:
+                self.run_dir.unlock()
 
     def _run(self) -> artifacts.RunDir:
         from mad import remote
