@@ -65,6 +65,7 @@ SPARE = ".gen_spare"  # an emptied generation directory kept for reuse while the
 LOCK = ".lock"
 PREVIEW_SIZE = 64
 HASH = "sha256"
+_NUMPY_DTYPES: frozenset = frozenset()  # torch dtypes safetensors.numpy writes alike (filled on first use)
 # Written by a run besides its chain directories; removed when an unfinished run is replaced.
 _RUN_LEVEL_OUTPUTS = (CHAINS, METRICS, "report.html", "tensorboard", "figures")
 
@@ -105,9 +106,26 @@ def _npz_bytes(**arrays: Optional[np.ndarray]) -> bytes:
 
 
 def _state_bytes(state: dict, metadata: Optional[dict[str, str]] = None) -> bytes:
+    global _NUMPY_DTYPES
+    if not _NUMPY_DTYPES:
+        _NUMPY_DTYPES = _numpy_dtypes()
+    if all(v.device.type == "cpu" and v.dtype in _NUMPY_DTYPES for v in state.values()):
+        # the same bytes as safetensors.torch.save, five times faster for the small states of cheap families
+        from safetensors.numpy import save as save_numpy
+
+        return save_numpy({k: v.detach().contiguous().numpy() for k, v in state.items()}, metadata=metadata)
     from safetensors.torch import save
 
     return save({k: v.contiguous() for k, v in state.items()}, metadata=metadata)
+
+
+def _numpy_dtypes() -> frozenset:
+    try:
+        import torch
+    except ImportError:
+        return frozenset()
+    return frozenset({torch.float64, torch.float32, torch.float16, torch.int64, torch.int32, torch.int16,
+                      torch.int8, torch.uint8, torch.bool})
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -123,6 +141,23 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         if isinstance(err, OSError) and err.filename is None:  # a failed write(): say which file (ENOSPC)
             raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
+
+
+def _write_kept(path: str, data: bytes) -> None:
+    """``_atomic_write_bytes`` for a generation's kept file, into an existing directory: a fixed temporary
+    name (the driver holds the run's lock, so nothing else writes there) and no mkstemp, ~5x faster."""
+    tmp = f"{path}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException as err:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename is None:  # a failed write(): say which file (ENOSPC)
+            raise OSError(err.errno, err.strerror, path) from err
         raise
 
 
@@ -394,7 +429,7 @@ class RunDir:
             state = self.read_chain(chain)
             self.open_chain(chain, state, len(state.finished))
         kept = self._kept[chain]
-        d = self.root / chain
+        d = os.path.join(self.root, chain)
         written: list[dict[str, dict]] = []
         for g in gens:
             files: dict[str, bytes] = {}
@@ -408,7 +443,7 @@ class RunDir:
             if files:
                 self._make_gen_dir(chain, g.gen)
             for rel, data in files.items():  # hashed from the bytes in memory, no re-read
-                _atomic_write_bytes(d / rel, data)
+                _write_kept(os.path.join(d, rel), data)
                 digests[rel] = _digest(data)
             written.append(digests)
         after = {**kept, **{rel: (g.gen, w) for g, digests in zip(gens, written) for rel, w in digests.items()}}
@@ -423,19 +458,22 @@ class RunDir:
             commit = i == len(gens) - 1
             lines.append(_encode_line(g.gen, commit, _dumps(g.manifest), g.metrics_json, digests,
                                       sorted(drop) if commit else []))
-        path = d / RECORDS
+        path = os.path.join(d, RECORDS)
         try:
             with open(path, "ab") as f:
                 f.write(b"".join(line + b"\n" for line in lines))
         except OSError as err:
             if err.filename is None:  # a failed write(): say which file (ENOSPC)
-                raise OSError(err.errno, err.strerror, str(path)) from err
+                raise OSError(err.errno, err.strerror, path) from err
             raise
         for rel in drop:
-            (d / rel).unlink(missing_ok=True)
+            try:
+                os.unlink(os.path.join(d, rel))
+            except FileNotFoundError:
+                pass
             after.pop(rel)
         for name in sorted({rel.split("/", 1)[0] for rel in drop}):
-            self._retire_gen_dir(chain, d / name)
+            self._retire_gen_dir(chain, os.path.join(d, name))
         self._kept[chain] = after
 
     # Removing a directory costs ~1.6 ms on a file system mounted with online discard (this machine's
@@ -443,21 +481,21 @@ class RunDir:
     # every slice. So an emptied generation directory becomes the chain's spare, renamed into place
     # (microseconds) for the next kept generation, and the spares go when the driver ends.
     def _make_gen_dir(self, chain: str, gen: int) -> None:
-        d = self.gen_dir(chain, gen)
-        spare = self.root / chain / SPARE
-        if chain in self._spares and not d.exists():
-            os.rename(spare, d)
+        d = os.path.join(self.root, chain, _gen_name(gen))
+        if chain in self._spares and not os.path.exists(d):
+            os.rename(os.path.join(self.root, chain, SPARE), d)
             self._spares.discard(chain)
         else:
-            d.mkdir(parents=True, exist_ok=True)
+            os.makedirs(d, exist_ok=True)
 
-    def _retire_gen_dir(self, chain: str, d: Path) -> None:
-        if any(os.scandir(d)):
-            return
+    def _retire_gen_dir(self, chain: str, d: str) -> None:
+        with os.scandir(d) as entries:
+            if any(entries):
+                return
         if chain in self._spares:
-            _rmdir_if_empty(d)
+            _rmdir_if_empty(Path(d))
         else:
-            os.rename(d, self.root / chain / SPARE)
+            os.rename(d, os.path.join(self.root, chain, SPARE))
             self._spares.add(chain)
 
     def remove_spares(self) -> None:

@@ -160,6 +160,7 @@ class Driver:
         self._bad: dict[str, tuple[int, str]] = {}  # chain -> (first corrupt finished generation, problem)
         self._states: dict[str, artifacts.ChainState] = {}  # chain -> what its directory held at start
         self._resumed: dict[str, int] = {}  # chain -> the finished generations it resumes after
+        self._pool_sizes: dict[str, Optional[int]] = {}  # chain -> its real pool's size
         self.quiet = quiet or not cfg.report.progress
         self.chains = plan_chains(cfg)
         self.run_dir = artifacts.RunDir(cfg.out)
@@ -677,7 +678,9 @@ class Driver:
     def _record(self, chain: Chain, gen: int, manifest: loops.Manifest, metrics: dict, wall_s: float) -> dict:
         """A finished generation's metrics.jsonl record (both paths)."""
         cfg = chain.cfg
-        pool_size = self.pools[_data_key(cfg)][0].size
+        if chain.name not in self._pool_sizes:  # _data_key dumps the data config: once per chain, not per record
+            self._pool_sizes[chain.name] = self.pools[_data_key(cfg)][0].size
+        pool_size = self._pool_sizes[chain.name]
         seen = None if pool_size is None else real_seen_frac(cfg, gen, pool_size)
         return {
             "chain": chain.name,
