@@ -100,7 +100,25 @@ def main() -> None:
     ap.add_argument("--metric-gens", type=int, default=20)
     ap.add_argument("--files", action="store_true", help="also count files and bytes per chain-generation")
     ap.add_argument("--skip-metrics", action="store_true")
+    ap.add_argument("--bare-only", action="store_true",
+                    help="only the bare loop (closed form; with --metrics-every-gen, PRDC + FID too): a command to "
+                         "time as a whole process against `python run.py`, e.g. with /usr/bin/time or hyperfine")
+    ap.add_argument("--metrics-every-gen", action="store_true", help="with --bare-only: the metric functions too")
+    ap.add_argument("--print-args", action="store_true",
+                    help="print the run.py arguments of the closed-form SEEDS x GENS sweep (dashboards off) and exit")
     args = ap.parse_args()
+    if args.bare_only:
+        import torch
+
+        torch.set_num_threads(1)
+        t = bare_loop(args.seeds, args.gens, with_metrics=args.metrics_every_gen)
+        print(f"bare loop, {args.seeds} seeds x {args.gens} generations: {t:.2f} s")
+        return
+    if args.print_args:
+        every = "metrics.every=1" if args.metrics_every_gen else "metrics.every=0"
+        print(" ".join([*BASE, f"loop.generations={args.gens}",
+                        f"sweep.seed=[{','.join(map(str, range(args.seeds)))}]", every, *DASH_OFF]))
+        return
     tmp = Path(tempfile.mkdtemp(prefix="bench_blocks_"))
     import torch  # the metrics use torch: one thread, as in a Ray worker with one CPU
 
