@@ -106,17 +106,32 @@ def _npz_bytes(**arrays: Optional[np.ndarray]) -> bytes:
 
 
 def _state_bytes(state: dict, metadata: Optional[dict[str, str]] = None) -> bytes:
-    global _NUMPY_DTYPES
-    if not _NUMPY_DTYPES:
-        _NUMPY_DTYPES = _numpy_dtypes()
-    if all(v.device.type == "cpu" and v.dtype in _NUMPY_DTYPES for v in state.values()):
+    """safetensors bytes of a state dict of torch tensors or numpy arrays (``portable_state``)."""
+    state = portable_state(state)
+    if all(isinstance(v, np.ndarray) for v in state.values()):
         # the same bytes as safetensors.torch.save, five times faster for the small states of cheap families
         from safetensors.numpy import save as save_numpy
 
-        return save_numpy({k: v.detach().contiguous().numpy() for k, v in state.items()}, metadata=metadata)
+        return save_numpy({k: np.ascontiguousarray(v) for k, v in state.items()}, metadata=metadata)
     from safetensors.torch import save
 
     return save({k: v.contiguous() for k, v in state.items()}, metadata=metadata)
+
+
+def portable_state(state: dict) -> dict:
+    """The state with numpy arrays for tensors where that is exact (CPU, a dtype numpy has), else as it is.
+
+    A chain block sends its kept weights back this way: the driver then writes them without importing
+    torch, and unpickling an array costs microseconds where a tensor costs ~0.15 ms."""
+    if all(isinstance(v, np.ndarray) for v in state.values()):
+        return state
+    global _NUMPY_DTYPES
+    if not _NUMPY_DTYPES:
+        _NUMPY_DTYPES = _numpy_dtypes()
+    if not all(getattr(getattr(v, "device", None), "type", None) == "cpu" and v.dtype in _NUMPY_DTYPES
+               for v in state.values()):
+        return state
+    return {k: v.detach().contiguous().numpy() for k, v in state.items()}
 
 
 def _numpy_dtypes() -> frozenset:

@@ -23,6 +23,7 @@ import numpy as np
 
 import loops
 from mad import seeding, tasks
+from mad.artifacts import portable_state
 from mad.config import Config, Family, SynthSource, TrainInit, resolved_counts
 from mad.data import RealPool
 from mad.data.vectors import RealDistribution
@@ -188,6 +189,8 @@ def run_block(chains: list[BlockChain], pool: RealPool, reference: Any, real: Op
                 res.state = None
             if keep_samples == "last":
                 res.samples = None
+        if res.state is not None:
+            res.state = portable_state(res.state)
     return results, chains
 
 
