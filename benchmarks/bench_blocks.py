@@ -100,6 +100,7 @@ def main() -> None:
     ap.add_argument("--metric-gens", type=int, default=20)
     ap.add_argument("--files", action="store_true", help="also count files and bytes per chain-generation")
     ap.add_argument("--skip-metrics", action="store_true")
+    ap.add_argument("--skip-closed-form", action="store_true")
     ap.add_argument("--bare-only", action="store_true",
                     help="only the bare loop (closed form; with --metrics-every-gen, PRDC + FID too): a command to "
                          "time as a whole process against `python run.py`, e.g. with /usr/bin/time or hyperfine")
@@ -126,17 +127,21 @@ def main() -> None:
     print(f"# load average at start: {os.getloadavg()[0]:.1f}")
     try:
         s, g = args.seeds, args.gens
-        fixed = run_py(tmp / "fixed", s, 1, ["metrics.every=0", *DASH_OFF])
-        bare = bare_loop(s, g, with_metrics=False)
-        off = run_py(tmp / "off", s, g, ["metrics.every=0", *DASH_OFF])
-        on = run_py(tmp / "on", s, g, ["metrics.every=0"])
-        cg = s * g
-        print(f"closed-form only, {s} seeds x {g} generations ({cg} chain-generations):")
-        print(f"  bare numpy loop                     {bare:8.1f} s  ({1e3 * bare / cg:.3f} ms per chain-generation)")
-        print(f"  run.py fixed cost (same sweep, 1 generation, dashboards off) {fixed:.1f} s")
-        print(f"  run.py, dashboards off              {off:8.1f} s  ratio {off / bare:.2f}x; "
-              f"minus fixed cost {(off - fixed) / bare:.2f}x")
-        print(f"  run.py, dashboards on (defaults)    {on:8.1f} s  ratio {on / bare:.2f}x; on/off {on / off:.2f}x")
+        if not args.skip_closed_form:
+            fixed = run_py(tmp / "fixed", s, 1, ["metrics.every=0", *DASH_OFF])
+            bare = bare_loop(s, g, with_metrics=False)
+            off = run_py(tmp / "off", s, g, ["metrics.every=0", *DASH_OFF])
+            on = run_py(tmp / "on", s, g, ["metrics.every=0"])
+            cg = s * g
+            print(f"closed-form only, {s} seeds x {g} generations ({cg} chain-generations):")
+            print(f"  bare numpy loop                     {bare:8.1f} s  ({1e3 * bare / cg:.3f} ms per chain-generation)")
+            print(f"  run.py fixed cost (same sweep, 1 generation, dashboards off) {fixed:.1f} s")
+            print(f"  run.py, dashboards off              {off:8.1f} s  ratio {off / bare:.2f}x; "
+                  f"minus fixed cost {(off - fixed) / bare:.2f}x")
+            print(f"  run.py, dashboards on (defaults)    {on:8.1f} s  ratio {on / bare:.2f}x; on/off {on / off:.2f}x")
+            n, b = count_files(tmp / "off")
+            print(f"  run directory (dashboards off): {n} files, {b / 1e6:.1f} MB; {n / cg:.3f} files and "
+                  f"{b / cg / 1024:.2f} KiB per chain-generation")
         if not args.skip_metrics:
             s, g = args.metric_seeds, args.metric_gens
             fixed_m = run_py(tmp / "fixed_m", s, 1, ["metrics.every=0", *DASH_OFF])
