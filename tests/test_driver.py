@@ -120,13 +120,14 @@ def test_killed_run_resumes_to_the_same_records(tmp_path):
     proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, f"out={out}"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
-    while n_finished(out, "c00-*") < 3 and time.time() < deadline and proc.poll() is None:
+    # a chain block commits a slice of generations at once: kill after the first slice (one generation)
+    while n_finished(out, "c00-*") < 1 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
     proc.wait()
     # records.jsonl, not metrics.jsonl lines: a block appends to metrics.jsonl after records.jsonl
     n_done = n_finished(out)
-    assert 3 <= n_done < 24, f"the kill came too late to test resume ({n_done} generations done)"
+    assert 1 <= n_done < 24, f"the kill came too late to test resume ({n_done} generations done)"
     resumed = run_cli(*args, f"out={out}", "report.progress=true")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stdout
