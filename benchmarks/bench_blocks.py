@@ -44,6 +44,7 @@ from mad.metrics import compute_knn_sq_radii, fid_to_reference, gaussian_w2, prd
 DIM, N, N_EVAL, N_REF, K = 10, 100, 500, 500, 5
 BASE = ["data.name=gaussian", f"data.dim={DIM}", f"data.n_reference={N_REF}", "model.family=gaussian",
         "metrics.features=raw", f"metrics.n_eval={N_EVAL}", "loop.kind=fully_synthetic", f"loop.n_init={N}",
+        f"loop.n_synth={N}",
         "artifacts.samples=none", "artifacts.keep_models=last", "report.progress=false", "sweep={}"]
 DASH_OFF = ["report.html=false", "report.tensorboard=false"]
 
@@ -99,7 +100,26 @@ def main() -> None:
     ap.add_argument("--metric-gens", type=int, default=20)
     ap.add_argument("--files", action="store_true", help="also count files and bytes per chain-generation")
     ap.add_argument("--skip-metrics", action="store_true")
+    ap.add_argument("--skip-closed-form", action="store_true")
+    ap.add_argument("--bare-only", action="store_true",
+                    help="only the bare loop (closed form; with --metrics-every-gen, PRDC + FID too): a command to "
+                         "time as a whole process against `python run.py`, e.g. with /usr/bin/time or hyperfine")
+    ap.add_argument("--metrics-every-gen", action="store_true", help="with --bare-only: the metric functions too")
+    ap.add_argument("--print-args", action="store_true",
+                    help="print the run.py arguments of the closed-form SEEDS x GENS sweep (dashboards off) and exit")
     args = ap.parse_args()
+    if args.bare_only:
+        import torch
+
+        torch.set_num_threads(1)
+        t = bare_loop(args.seeds, args.gens, with_metrics=args.metrics_every_gen)
+        print(f"bare loop, {args.seeds} seeds x {args.gens} generations: {t:.2f} s")
+        return
+    if args.print_args:
+        every = "metrics.every=1" if args.metrics_every_gen else "metrics.every=0"
+        print(" ".join([*BASE, f"loop.generations={args.gens}",
+                        f"sweep.seed=[{','.join(map(str, range(args.seeds)))}]", every, *DASH_OFF]))
+        return
     tmp = Path(tempfile.mkdtemp(prefix="bench_blocks_"))
     import torch  # the metrics use torch: one thread, as in a Ray worker with one CPU
 
@@ -107,17 +127,21 @@ def main() -> None:
     print(f"# load average at start: {os.getloadavg()[0]:.1f}")
     try:
         s, g = args.seeds, args.gens
-        fixed = run_py(tmp / "fixed", s, 1, ["metrics.every=0", *DASH_OFF])
-        bare = bare_loop(s, g, with_metrics=False)
-        off = run_py(tmp / "off", s, g, ["metrics.every=0", *DASH_OFF])
-        on = run_py(tmp / "on", s, g, ["metrics.every=0"])
-        cg = s * g
-        print(f"closed-form only, {s} seeds x {g} generations ({cg} chain-generations):")
-        print(f"  bare numpy loop                     {bare:8.1f} s  ({1e3 * bare / cg:.3f} ms per chain-generation)")
-        print(f"  run.py fixed cost (same sweep, 1 generation, dashboards off) {fixed:.1f} s")
-        print(f"  run.py, dashboards off              {off:8.1f} s  ratio {off / bare:.2f}x; "
-              f"minus fixed cost {(off - fixed) / bare:.2f}x")
-        print(f"  run.py, dashboards on (defaults)    {on:8.1f} s  ratio {on / bare:.2f}x; on/off {on / off:.2f}x")
+        if not args.skip_closed_form:
+            fixed = run_py(tmp / "fixed", s, 1, ["metrics.every=0", *DASH_OFF])
+            bare = bare_loop(s, g, with_metrics=False)
+            off = run_py(tmp / "off", s, g, ["metrics.every=0", *DASH_OFF])
+            on = run_py(tmp / "on", s, g, ["metrics.every=0"])
+            cg = s * g
+            print(f"closed-form only, {s} seeds x {g} generations ({cg} chain-generations):")
+            print(f"  bare numpy loop                     {bare:8.1f} s  ({1e3 * bare / cg:.3f} ms per chain-generation)")
+            print(f"  run.py fixed cost (same sweep, 1 generation, dashboards off) {fixed:.1f} s")
+            print(f"  run.py, dashboards off              {off:8.1f} s  ratio {off / bare:.2f}x; "
+                  f"minus fixed cost {(off - fixed) / bare:.2f}x")
+            print(f"  run.py, dashboards on (defaults)    {on:8.1f} s  ratio {on / bare:.2f}x; on/off {on / off:.2f}x")
+            n, b = count_files(tmp / "off")
+            print(f"  run directory (dashboards off): {n} files, {b / 1e6:.1f} MB; {n / cg:.3f} files and "
+                  f"{b / cg / 1024:.2f} KiB per chain-generation")
         if not args.skip_metrics:
             s, g = args.metric_seeds, args.metric_gens
             fixed_m = run_py(tmp / "fixed_m", s, 1, ["metrics.every=0", *DASH_OFF])

@@ -23,7 +23,8 @@ import numpy as np
 
 import loops
 from mad import seeding, tasks
-from mad.config import Config, Family, Reward, SynthSource, TrainInit, n_synth_at, stage_configured
+from mad.artifacts import portable_state
+from mad.config import Config, Family, Reward, SynthSource, TrainInit, n_synth_at, resolved_counts, stage_configured
 from mad.data import RealPool
 from mad.data.vectors import RealDistribution
 from mad.models import get_family
@@ -189,17 +190,30 @@ def run_generation(chain: BlockChain, pool: RealPool, reference: Any, real: Opti
 
 
 def run_block(chains: list[BlockChain], pool: RealPool, reference: Any, real: Optional[RealDistribution],
-              n_gens: int, keep_samples: bool, device: Optional[str] = None
+              n_gens: int, keep_samples: str = "all", keep_models: str = "all", device: Optional[str] = None
               ) -> tuple[list[GenResult], list[BlockChain]]:
     """Advance every unfinished chain of the block by up to ``n_gens`` generations, generation by
-    generation across the chains. Returns the results in order and the chains' carried state."""
+    generation across the chains. Returns the results in order and the chains' carried state.
+
+    ``keep_samples``/``keep_models`` are artifacts.samples/keep_models: with ``last``, the driver keeps
+    only each chain's last generation of the slice, so the weights and samples of the others are not
+    sent back (unpickling them cost the driver more than writing their records)."""
     results = []
     for _ in range(n_gens):
         active = [c for c in chains if not c.finished]
         if not active:
             break
-        results += [run_generation(c, pool, reference, real, keep_samples, device)
+        results += [run_generation(c, pool, reference, real, keep_samples != "none", device)
                     for c in active]
+    last = {res.name: i for i, res in enumerate(results)}
+    for i, res in enumerate(results):
+        if last[res.name] != i:
+            if keep_models == "last":
+                res.state = None
+            if keep_samples == "last":
+                res.samples = None
+        if res.state is not None:
+            res.state = portable_state(res.state)
     return results, chains
 
 

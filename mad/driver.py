@@ -3,15 +3,16 @@
 Chains (one point of the sweep each) run concurrently as Ray work; within a chain the
 generations run in order. Per generation the driver asks the loop policy for the next
 training set (a manifest), submits train -> sample shards -> evaluate (-> the stage: curation,
-self-correction, when configured) as chained Ray tasks,
-and when the evaluation is back persists everything atomically, marks the generation DONE,
-appends to metrics.jsonl and submits the chain's next generation. Chains of a cheap family
+self-correction, when configured) as chained Ray tasks, and when the evaluation is back persists
+what the run keeps (mad/artifacts.py), appends the generation's line to the chain's records.jsonl
+and to metrics.jsonl and submits the chain's next generation. Chains of a cheap family
 (mad/blocks.py) instead run in blocks: one task advances a block of chains through a slice of
-generations, and the driver persists the slice's generations the same way.
+generations, and the driver appends each chain's lines of the slice with one write (only the
+slice's last model and samples are kept when ``keep_* = last``).
 
 The driver holds the run directory's lock for its whole life and, before resuming, checks the
 finished generations against their checksums (a corrupt one and the chain's later ones are
-redone). A generation that diverged (``mad.divergence.DivergedError`` from a task) stops its
+redone, as is a torn or unfinished last write). A generation that diverged (``mad.divergence.DivergedError`` from a task) stops its
 chain only: the failure is written to ``<chain>/FAILED.json`` and the other chains carry on.
 """
 from __future__ import annotations
@@ -149,7 +150,8 @@ class Block:
     runs: list[ChainRun]
     data_key: str
     carry: Any  # list of blocks.BlockChain, or the object ref of the previous slice's carried state
-    keep_samples: bool
+    keep_samples: str  # artifacts.samples: all, last or none
+    keep_models: str  # artifacts.keep_models: all or last
     started: float = 0.0
 
 
@@ -168,6 +170,9 @@ class Driver:
         self.repair = repair  # False (--no-repair): a corrupt finished generation stops the run
         self.failed: dict[str, dict] = {}  # chain -> its recorded failure (this session's or an earlier one's)
         self._bad: dict[str, tuple[int, str]] = {}  # chain -> (first corrupt finished generation, problem)
+        self._states: dict[str, artifacts.ChainState] = {}  # chain -> what its directory held at start
+        self._resumed: dict[str, int] = {}  # chain -> the finished generations it resumes after
+        self._pool_sizes: dict[str, Optional[int]] = {}  # chain -> its real pool's size
         self.quiet = quiet or not cfg.report.progress
         self.chains = plan_chains(cfg)
         self.run_dir = artifacts.RunDir(cfg.out)
@@ -180,6 +185,7 @@ class Driver:
         self._report_written = 0.0
         self._shared: dict[str, tuple] = {}  # share key -> (gen, state, shards, metrics) object refs
         self._shared_on_disk: dict[str, tuple[str, int]] = {}  # share key -> a finished (chain, gen) holding it
+        self._metric_keys_on_disk: dict[tuple[str, int], list[str]] = {}  # ... and the metrics it computed
         self._shared_train: dict[str, tuple] = {}  # train share key -> (gen, weights object ref)
         self.n_trained = 0  # training tasks submitted by this driver (shared ones once)
         self._report_every = REPORT_EVERY_S
@@ -196,20 +202,50 @@ class Driver:
 
     # ------------------------------------------------------------------ setup
     def _verify(self) -> None:
-        """Check the finished generations' files against their DONE checksums (read only)."""
+        """Read every chain's finished generations and check their lines and kept files against
+        their checksums (read only)."""
         if not self.run_dir.exists():
             return
         for chain in self.chains:
-            for gen in self.run_dir.done_generations(chain.name):
-                problem = self.run_dir.verify_generation(chain.name, gen)
-                if problem:
-                    self._bad[chain.name] = (gen, problem)
-                    break
+            state = self._state(chain.name)
+            found = [(len(state.finished) + 1, problem) for _, problem in state.problems[:1]]
+            found += self.run_dir.check_files(chain.name, state)
+            if found:
+                self._bad[chain.name] = min(found, key=lambda p: p[0])
+
+    def _state(self, name: str) -> artifacts.ChainState:
+        if name not in self._states:
+            self._states[name] = self.run_dir.read_chain(name)
+        return self._states[name]
 
     def _n_done(self, name: str) -> int:
         """Finished generations of a chain that verified (a corrupt one and its successors are redone)."""
-        n = len(self.run_dir.done_generations(name))
+        n = len(self._state(name).finished)
         return min(n, self._bad[name][0] - 1) if name in self._bad else n
+
+    def _resume_point(self, chain: Chain, n: int) -> int:
+        """The last of the first ``n`` finished generations the chain can continue from: the one whose
+        needs (the synthetic sets later generations use, or the models that redraw them; the previous
+        weights for train.init=previous) are still kept. Lower than ``n`` only when a corrupt
+        generation is redone and ``keep_* = last`` had already deleted what its predecessor kept."""
+        cfg, state, d = chain.cfg, self._state(chain.name), self.run_dir.chain_dir(chain.name)
+        model, samples = artifacts.MODEL, artifacts.SAMPLES
+        start = n
+        while 0 < n < cfg.loop.generations:
+            kept = artifacts.kept_files(state.finished[:n])
+
+            def have(gen: int, name: str) -> bool:
+                rel = artifacts.gen_file(gen, name)
+                return rel in kept and (d / rel).is_file()
+
+            if (cfg.train.init != TrainInit.previous or have(n, model)) and all(
+                    have(g, samples) or have(g, model) for g in _needed_synth_gens(cfg, n + 1)):
+                break
+            n -= 1
+        if n < start:
+            print(f"mad: {chain.name}: what generation {start} needs to continue is no longer kept "
+                  f"(artifacts.keep_models/samples=last); recomputing from generation {n + 1}", file=sys.stderr)
+        return n
 
     def prepare_run_dir(self) -> bool:
         if self._bad and not self.repair:  # before any write, config.yaml's refresh included
@@ -223,16 +259,24 @@ class Driver:
                   f"{', '.join(self.run_dir.replaced)}) that finished no generation; replaced it", file=sys.stderr)
         for chain, (gen, problem) in self._bad.items():
             print(f"mad: {problem}; recomputing generation {gen} and later of {chain}", file=sys.stderr)
-            self.run_dir.unmark_from(chain, gen)
         self.run_dir.write_chains([c.describe() for c in self.chains])
-        # metrics.jsonl is rebuilt from the DONE generations, so a crash between DONE and the
-        # append (or an append of a generation that never got DONE) cannot leave it inconsistent.
+        # Each chain's directory is cut to the generations it resumes after (a torn or unfinished
+        # tail and corrupt generations go; an old DONE-directory chain is converted), and
+        # metrics.jsonl is rebuilt from them, so a crash between a chain's records.jsonl and
+        # metrics.jsonl cannot leave the two inconsistent.
         for chain in self.chains:
-            for gen in self.run_dir.done_generations(chain.name):
-                self.records[(chain.name, gen)] = self.run_dir.read_generation_metrics(chain.name, gen)
-                key = self.run_dir.read_manifest(chain.name, gen).get("share_key")
+            name = chain.name
+            state = self._state(name)
+            n = self._resume_point(chain, self._n_done(name))
+            self.run_dir.open_chain(name, state, n)
+            self._resumed[name] = n
+            for f in state.finished[:n]:
+                self.records[(name, f.gen)] = f.metrics
+                key = f.manifest.get("share_key")
                 if key:
-                    self._shared_on_disk.setdefault(key, (chain.name, gen))
+                    self._shared_on_disk.setdefault(key, (name, f.gen))
+                    self._metric_keys_on_disk[(name, f.gen)] = f.manifest.get("metric_keys", [])
+        self._states.clear()  # read once; the driver now knows what it writes
         self.run_dir.rewrite_metrics(self._ordered_records())
         return resuming
 
@@ -251,7 +295,10 @@ class Driver:
         try:
             return self._run()
         finally:
-            self.run_dir.unlock()
+            try:
+                self.run_dir.remove_spares()
+            finally:
+                self.run_dir.unlock()
 
     def _run(self) -> artifacts.RunDir:
         from mad import remote
@@ -283,7 +330,7 @@ class Driver:
         for name, info in self.failed.items():
             print(f"mad: error: [{name}] {_failure_line(info)}; recorded in an earlier session in "
                   f"{self.run_dir.failed_path(name)} (delete it to retry the chain)", file=sys.stderr)
-        runs = [ChainRun(c, _data_key(c.cfg), len(self.run_dir.done_generations(c.name)) + 1) for c in self.chains]
+        runs = [ChainRun(c, _data_key(c.cfg), self._resumed[c.name] + 1) for c in self.chains]
         todo = [r for r in runs if not r.finished and r.chain.name not in self.failed]
         for r in todo:  # a replaced run's failed chains were skipped above
             if r.data_key not in loaded:
@@ -535,7 +582,7 @@ class Driver:
         if not (self.run_dir.has_model(chain, gen) and self.run_dir.has_samples(chain, gen)):
             return None
         record = self.records[(chain, gen)]
-        metric_keys = self.run_dir.read_manifest(chain, gen).get("metric_keys", [])
+        metric_keys = self._metric_keys_on_disk.get((chain, gen), [])
         x, y = self.run_dir.read_samples(chain, gen)
         return (gen, remote.put(self.run_dir.read_model(chain, gen)), [remote.put((x, y))],
                 remote.put({k: record[k] for k in metric_keys}))
@@ -622,16 +669,16 @@ class Driver:
         for r in runs:
             c = r.chain.cfg
             key = (r.data_key, json.dumps(config_to_dict(c.metrics), sort_keys=True), c.artifacts.samples.value,
-                   str(c.model.family))
+                   c.artifacts.keep_models.value, str(c.model.family))
             groups.setdefault(key, []).append(r)
         cpus = remote.cluster_cpus() if runs else 1
         out = []
-        for (data_key, _, keep, _), group in groups.items():
+        for (data_key, _, keep_samples, keep_models, _), group in groups.items():
             by_name = {r.chain.name: r for r in group}
             for names in blocks.plan_blocks(list(by_name), self.cfg.resources.block_size, cpus):
                 members = [by_name[n] for n in names]
                 carry = [self._block_chain(r) for r in members]
-                out.append(Block(members, data_key, carry, keep != "none"))
+                out.append(Block(members, data_key, carry, keep_samples, keep_models))
         return out
 
     def _block_chain(self, r: ChainRun) -> blocks.BlockChain:
@@ -656,7 +703,8 @@ class Driver:
         n_gens = blocks.slice_generations(self._chain_gen_s, len(active), max_gens)
         pool_ref = self.pools[block.data_key][1]
         results, carry = stages.run_block.remote(block.carry, pool_ref, active[0].reference,
-                                                 self.real[block.data_key], n_gens, block.keep_samples)
+                                                 self.real[block.data_key], n_gens, block.keep_samples,
+                                                 block.keep_models)
         block.carry = carry  # the next slice starts from this one's end, without a trip through the driver
         block.started = time.time()
         return results
@@ -666,13 +714,16 @@ class Driver:
         if results:
             cost = sum(res.wall_s for res in results) / len(results)
             self._chain_gen_s = cost if self._chain_gen_s is None else 0.5 * (self._chain_gen_s + cost)
-        written = []
+        per_chain: dict[str, list] = {}
+        shown = []
         for res in results:
+            record = self._record(by_name[res.name].chain, res.gen, res.manifest, res.metrics, res.wall_s)
             x, y = res.samples if res.samples is not None else (None, None)
-            written.append((self._write(by_name[res.name].chain, res.gen, res.manifest, res.state, x, y,
-                                        res.metrics, res.wall_s, append=False), x))
-        self.run_dir.append_metrics_many(rec for rec, _ in written)
-        for rec, x in written:  # dashboards read metrics.jsonl: after the lines are there
+            per_chain.setdefault(res.name, []).append((record, res.manifest.to_json(), res.state, x, y))
+            shown.append((record, x))
+        lines = [line for name, done in per_chain.items() for line in self._save(by_name[name].chain, done)]
+        self.run_dir.append_metrics_lines(lines)
+        for rec, x in shown:  # dashboards read metrics.jsonl: after the lines are there
             self._after_generation(rec, x)
         if results:
             gens = sorted({res.gen for res in results})
@@ -687,9 +738,12 @@ class Driver:
         from mad.tasks import concat_shards
 
         x, y = concat_shards(remote.get(sub.synth or sub.shards))  # with a stage: the set later generations use
+        record = self._record(r.chain, gen, sub.manifest, metrics, round(time.time() - sub.started, 4))
+        manifest_json = sub.manifest.to_json()
         # a staged generation's saved samples are the stage's output, which another chain cannot read back
-        record = self._write(r.chain, gen, sub.manifest, state, x, y, metrics, round(time.time() - sub.started, 4),
-                             share_key=None if sub.synth else sub.share_key)
+        if sub.share_key and not sub.synth:  # lets a resume read this shared generation back
+            manifest_json.update(share_key=sub.share_key, metric_keys=sorted(metrics))
+        self.run_dir.append_metrics_lines(self._save(r.chain, [(record, manifest_json, state, x, y)]))
         synth_size = record["synth_size"]
 
         # Keep only the synthetic sets later generations can use; dropping the refs frees Ray's store.
@@ -705,17 +759,15 @@ class Driver:
         self._print_generation(record, cfg)
         self._after_generation(record, x)
 
-    def _write(self, chain: Chain, gen: int, manifest: loops.Manifest, state: dict, x: Optional[np.ndarray],
-               y: Optional[np.ndarray], metrics: dict, wall_s: float, append: bool = True,
-               share_key: Optional[str] = None) -> dict:
-        """Persist one finished generation (both paths): its files, DONE, and (``append``) its
-        metrics.jsonl line. A block appends a slice's lines at once: a crash between a DONE and its
-        line is harmless, as metrics.jsonl is rebuilt from the DONE generations on resume."""
-        cfg, name = chain.cfg, chain.name
-        pool_size = self.pools[_data_key(cfg)][0].size
+    def _record(self, chain: Chain, gen: int, manifest: loops.Manifest, metrics: dict, wall_s: float) -> dict:
+        """A finished generation's metrics.jsonl record (both paths)."""
+        cfg = chain.cfg
+        if chain.name not in self._pool_sizes:  # _data_key dumps the data config: once per chain, not per record
+            self._pool_sizes[chain.name] = self.pools[_data_key(cfg)][0].size
+        pool_size = self._pool_sizes[chain.name]
         seen = None if pool_size is None else real_seen_frac(cfg, gen, pool_size)
-        record = {
-            "chain": name,
+        return {
+            "chain": chain.name,
             "loop": cfg.loop.kind.value,
             "seed": cfg.seed,
             "bias": cfg.sample.bias,
@@ -729,22 +781,29 @@ class Driver:
             **{k: getattr(v, "value", v) for k, v in chain.assignment.items()},
             **metrics,
         }
-        keep_samples = cfg.artifacts.samples.value
-        manifest_json = manifest.to_json()
-        if share_key:  # lets a resume read this shared generation back for the chains still missing it
-            manifest_json.update(share_key=share_key, metric_keys=sorted(metrics))
-        self.run_dir.write_generation(name, gen, manifest=manifest_json, state=state,
-                                      samples_x=None if keep_samples == "none" else x, samples_y=y, metrics=record)
-        if cfg.artifacts.keep_models.value == "last" and gen > 1:
-            self.run_dir.drop_model(name, gen - 1)
-        if keep_samples == "last" and gen > 1:
-            self.run_dir.drop_samples(name, gen - 1)
-        if append:
-            self.run_dir.append_metrics(record)
-        self.records[(name, gen)] = record
-        self._logged_this_session.add((name, gen))
-        self.gens_this_session += 1
-        return record
+
+    def _save(self, chain: Chain, done: list[tuple[dict, dict, Any, Optional[np.ndarray], Optional[np.ndarray]]]
+              ) -> list[str]:
+        """Persist finished generations of one chain, in order, as (record, manifest JSON, weights,
+        samples x, y): what artifacts.* keeps of them and their records.jsonl lines (one write).
+        Returns their metrics.jsonl lines, for the caller to append: a crash before that append is
+        harmless, as metrics.jsonl is rebuilt from records.jsonl on resume."""
+        keep_models, keep_samples = chain.cfg.artifacts.keep_models.value, chain.cfg.artifacts.samples.value
+        new, lines = [], []
+        for i, (record, manifest_json, state, x, y) in enumerate(done):
+            last = i == len(done) - 1  # with keep_* = last only the batch's last generation keeps files
+            line = json.dumps(record, sort_keys=True)
+            lines.append(line)
+            keep_x = x is not None and (keep_samples == "all" or (keep_samples == "last" and last))
+            new.append(artifacts.NewGeneration(record["gen"], manifest_json, line,
+                                               state=state if keep_models == "all" or last else None,
+                                               samples=(x, y) if keep_x else None))
+        self.run_dir.append_generations(chain.name, new, keep_models, keep_samples)
+        for record, *_ in done:
+            self.records[(chain.name, record["gen"])] = record
+            self._logged_this_session.add((chain.name, record["gen"]))
+        self.gens_this_session += len(done)
+        return lines
 
     def _time_left(self, parallel: Optional[int] = None) -> str:
         """``, ~Ns left`` from the measured per-chain time per generation; empty before the first one."""

@@ -232,9 +232,9 @@ def _stage(job: tasks.StageJob, pool, reference, metrics, *shards):
 
 
 @ray.remote(num_returns=2)
-def _run_block(chains, pool, reference, real, n_gens, keep_samples):
+def _run_block(chains, pool, reference, real, n_gens, keep_samples, keep_models):
     device = _use_assigned_resources()
-    return tasks.run_block(chains, pool, reference, real, n_gens, keep_samples, device=device)
+    return tasks.run_block(chains, pool, reference, real, n_gens, keep_samples, keep_models, device=device)
 
 
 @ray.remote

@@ -279,8 +279,8 @@ def cached_classifier(pool: RealPool, metrics: MetricsConfig) -> Optional[dict]:
 
 
 def run_block(chains: list, pool: RealPool, reference, real: Optional[RealDistribution],
-              n_gens: int, keep_samples: bool, device: Optional[str] = None) -> tuple[list, list]:
+              n_gens: int, keep_samples: str, keep_models: str, device: Optional[str] = None) -> tuple[list, list]:
     """A block of chains of a cheap family through ``n_gens`` generations in one task (see ``mad.blocks``)."""
     from mad import blocks
 
-    return blocks.run_block(chains, pool, reference, real, n_gens, keep_samples, device)
+    return blocks.run_block(chains, pool, reference, real, n_gens, keep_samples, keep_models, device)

@@ -24,3 +24,23 @@ def ray_local():
     remote.init(RayConfig(num_cpus=2), quiet=True)
     yield
     remote.shutdown()
+
+
+def finished(run_dir: Path, chain_glob: str = "*") -> dict[str, list[int]]:
+    """The finished generations of each chain as the driver reads them (either run-directory layout)."""
+    from mad.artifacts import RunDir
+
+    rd = RunDir(run_dir)
+    return {d.name: rd.done_generations(d.name) for d in sorted(Path(run_dir).glob(chain_glob)) if d.is_dir()}
+
+
+def n_finished(run_dir: Path, chain_glob: str = "*") -> int:
+    return sum(len(g) for g in finished(run_dir, chain_glob).values())
+
+
+def cut_records(run_dir: Path, chain: str, n: int, torn: str = "") -> None:
+    """Keep a chain's first ``n`` record lines, as a crash before the later ones leaves it (``torn``:
+    also the start of the next line, as a kill in the middle of its write leaves it)."""
+    path = Path(run_dir) / chain / "records.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:n]) + (lines[n][:len(lines[n]) // 2] if torn else ""))

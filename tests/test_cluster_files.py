@@ -243,7 +243,7 @@ def test_readme_covers_launch_submit_watch_fetch_and_resume() -> None:
     text = README.read_text()
     for needle in (
         "ray up", "ray job submit --working-dir .", "ray dashboard", "8265", "ray rsync-down",
-        "python run.py report", "report.html", "tensorboard", "resources.max_retries", "DONE",
+        "python run.py report", "report.html", "tensorboard", "resources.max_retries", "records.jsonl",
         "resources.sample_shards", "kubectl apply -f cluster/kuberay-rayjob.yaml", "sbatch cluster/slurm.sbatch",
     ):
         assert needle in text, needle

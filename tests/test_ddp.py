@@ -89,7 +89,7 @@ def test_driver_trains_with_two_workers_and_writes_loadable_weights(ray_local, t
 
     (chain,) = json.loads((out / "chains.json").read_text())
     gen_dir = out / chain["name"] / "gen_001"
-    assert (gen_dir / "DONE").is_file()
+    assert artifacts.RunDir(out).is_done(chain["name"], 1)
     rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert np.isfinite(rec["fid"]) and rec["n_real"] == 200
     state = artifacts.read_state(gen_dir / artifacts.MODEL)

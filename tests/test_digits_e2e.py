@@ -41,9 +41,7 @@ def test_three_loops_two_generations_through_run_py(tmp_path):
 
     cfg = load_config(out / "config.yaml", ["sweep={}"])
     for chain in json.loads((out / "chains.json").read_text()):
-        for gen in (1, 2):
-            d = out / chain["name"] / f"gen_{gen:03d}"
-            assert (d / "DONE").is_file()
+        assert artifacts.RunDir(out).done_generations(chain["name"]) == [1, 2]
         # Reloading the saved weights reproduces the generation's samples for the same seed.
         gen = 2
         state = artifacts.read_state(out / chain["name"] / f"gen_{gen:03d}" / artifacts.MODEL)

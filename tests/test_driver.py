@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cut_records, finished, n_finished, run_cli
 from mad.config import load_config
 from mad.driver import TIMING_FIELDS, Driver
 
@@ -47,11 +47,11 @@ def test_sweep_of_six_chains_writes_a_complete_run_directory(tmp_path):
         for key in ("chain", "loop", "seed", "bias", "gen", "n_real", "n_synth", "w2", "trace_ratio", "mean_shift",
                     "fid", "precision", "recall", "density", "coverage"):
             assert key in r, key
+    assert finished(out, "c*") == {c["name"]: [1, 2, 3, 4] for c in chains}
     for c in chains:
         for gen in range(1, 5):
             d = out / c["name"] / f"gen_{gen:03d}"
-            assert (d / "DONE").is_file()
-            for f in ("manifest.json", "model.safetensors", "samples.npz", "preview.npz", "metrics.json"):
+            for f in ("model.safetensors", "samples.npz", "preview.npz"):  # the defaults keep all
                 assert (d / f).is_file(), d / f
     by = {(r["loop"], r["seed"], r["gen"]): r for r in recs}
     # counts per loop kind: generation 1 is real only; later ones follow the loop
@@ -78,23 +78,26 @@ def test_completed_run_resumes_as_a_no_op(tmp_path):
     out = tmp_path / "run"
     run_in_process(out, "loop.generations=2")
     before = records(out)
-    stamp = (out / "metrics.jsonl").stat().st_mtime_ns
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("c*/**/*") if p.is_file()}
     run_in_process(out, "loop.generations=2")
     assert records(out) == before
-    # nothing was recomputed: the DONE generation files are untouched
-    assert (out / "c00-loop.kind=fully_synthetic" / "gen_002" / "DONE").stat().st_mtime_ns <= stamp
+    # nothing was recomputed: the chains' records and files are untouched
+    assert {p: p.stat().st_mtime_ns for p in out.glob("c*/**/*") if p.is_file()} == stamps
 
 
 def test_resume_continues_after_last_done_generation(tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     run_in_process(full, "loop.generations=5", "loop.synth_source=accumulate")
     run_in_process(part, "loop.generations=5", "loop.synth_source=accumulate")
-    # Undo the last three generations of one chain (as a crash would leave it: no DONE), then resume.
-    chain = "c01-loop.kind=synthetic_augmentation"
-    for gen in (3, 4, 5):
-        (part / chain / f"gen_{gen:03d}" / "DONE").unlink()
+    # Undo the last three generations of one chain, the third torn mid-line (as a kill mid-write
+    # leaves it), and the last two of another, then resume.
+    cut_records(part, "c01-loop.kind=synthetic_augmentation", 2, torn="yes")
+    cut_records(part, "c02-loop.kind=fresh_data", 3)
+    # (a chain block commits a slice of generations with its last line: fewer may count as finished)
+    assert 5 + 1 + 1 <= n_finished(part) <= 5 + 2 + 3
     run_in_process(part, "loop.generations=5", "loop.synth_source=accumulate")
     assert records(part) == records(full)
+    assert n_finished(part) == 15
 
 
 def test_different_config_is_refused_and_nothing_is_touched(tmp_path):
@@ -116,15 +119,15 @@ def test_killed_run_resumes_to_the_same_records(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, f"out={out}"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    marker = out / "c00-loop.kind=fully_synthetic" / "gen_003" / "DONE"
     deadline = time.time() + 120
-    while not marker.exists() and time.time() < deadline and proc.poll() is None:
+    # a chain block commits a slice of generations at once: kill after the first slice (one generation)
+    while n_finished(out, "c00-*") < 1 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
     proc.wait()
-    # DONE files, not metrics.jsonl lines: a block appends its lines after writing its generations
-    n_done = len(list(out.glob("c*/gen_*/DONE")))
-    assert 3 <= n_done < 24, f"the kill came too late to test resume ({n_done} generations done)"
+    # records.jsonl, not metrics.jsonl lines: a block appends to metrics.jsonl after records.jsonl
+    n_done = n_finished(out)
+    assert 1 <= n_done < 24, f"the kill came too late to test resume ({n_done} generations done)"
     resumed = run_cli(*args, f"out={out}", "report.progress=true")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stdout

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cut_records, finished, run_cli
 from mad import artifacts
 from mad.config import load_config
 from mad.driver import Driver
@@ -106,15 +106,14 @@ def test_moved_and_differently_spelled_run_directory_resumes_to_identical_record
     full, part = tmp_path / "full", tmp_path / "part"
     run_in_process(full, "loop.generations=4")
     run_in_process(part, "loop.generations=4")
-    for gen in (3, 4):  # as a crash leaves it
-        (part / "c01-loop.kind=synthetic_augmentation" / f"gen_{gen:03d}" / "DONE").unlink()
+    cut_records(part, "c01-loop.kind=synthetic_augmentation", 2)  # as a crash leaves it
     (tmp_path / "proj" / "runs").mkdir(parents=True)
     moved = tmp_path / "proj" / "runs" / "x"
     shutil.move(str(part), str(moved))
     # relative, with a trailing slash and a detour: only the directory matters
     monkeypatch.chdir(tmp_path / "proj" / "runs")
     run_in_process("../runs/x/", "loop.generations=4")
-    assert (moved / "c01-loop.kind=synthetic_augmentation" / "gen_004" / "DONE").is_file()
+    assert finished(moved)["c01-loop.kind=synthetic_augmentation"] == [1, 2, 3, 4]
     assert records(moved) == records(full)
     assert load_config(moved / "config.yaml").out == "../runs/x/"  # config.yaml follows the directory
 
@@ -122,7 +121,7 @@ def test_moved_and_differently_spelled_run_directory_resumes_to_identical_record
 def test_unfinished_run_with_another_config_is_replaced(tmp_path, capfd):
     out = tmp_path / "run"
     run_in_process(out, "loop.generations=2", "seed=3")
-    for d in out.glob("*/gen_*/DONE"):  # as a run that failed before finishing anything leaves it
+    for d in out.glob("*/records.jsonl"):  # as a run that failed before finishing anything leaves it
         d.unlink()
     capfd.readouterr()
     run_in_process(out, "loop.generations=2")
@@ -138,21 +137,38 @@ def _edit_samples(path: Path) -> None:
     artifacts.write_npz(path, **data)
 
 
+def to_old_layout(run_dir: Path, chain: str, checksums: bool = True) -> None:
+    """Rewrite a chain as mad wrote it before records.jsonl: per generation manifest.json, metrics.json
+    and DONE, written last, with the size and SHA-256 of every file (``checksums=False``: an empty
+    DONE, from before checksums)."""
+    rd = artifacts.RunDir(run_dir)
+    for f in rd.read_chain(chain).finished:
+        d = rd.gen_dir(chain, f.gen)
+        artifacts.write_json(d / "manifest.json", f.manifest)
+        artifacts.write_json(d / "metrics.json", f.metrics)
+        names = [p.name for p in sorted(d.iterdir())]
+        done = {"hash": "sha256", "files": {n: artifacts._file_digest(d / n) for n in names}} if checksums else ""
+        (d / "DONE").write_text(json.dumps(done) if checksums else "")
+    (run_dir / chain / "records.jsonl").unlink()
+
+
 def test_corrupt_generations_are_named_and_recomputed_to_identical_records(tmp_path, capfd):
     ref, out = tmp_path / "ref", tmp_path / "run"
     run_in_process(ref, "loop.generations=4", SWEEP6)
     shutil.copytree(ref, out)
     chains = [c["name"] for c in json.loads((out / "chains.json").read_text())]
     g = lambda i, gen: out / chains[i] / f"gen_{gen:03d}"  # noqa: E731
-    (g(0, 2) / "metrics.json").write_text("garbage{")
+    recs = out / chains[0] / "records.jsonl"
+    lines = recs.read_text().splitlines(keepends=True)
+    recs.write_text(lines[0] + lines[1].replace('"loop": "', '"loop": "x', 1) + "".join(lines[2:]))
     samples = (g(1, 3) / "samples.npz").read_bytes()
     (g(1, 3) / "samples.npz").write_bytes(samples[: len(samples) // 2])
     _edit_samples(g(2, 1) / "samples.npz")
     (g(3, 4) / "model.safetensors").unlink()
-    for d in (out / chains[4]).glob("gen_*/DONE"):  # a run directory from before checksums
-        d.write_text("")
+    to_old_layout(out, chains[4], checksums=False)  # a run directory from before checksums
     (g(4, 3) / "metrics.json").write_text("")
-    named = [g(0, 2) / "metrics.json", g(1, 3) / "samples.npz", g(2, 1) / "samples.npz",
+    to_old_layout(out, chains[5])  # ... and one from before records.jsonl, intact
+    named = [recs, g(1, 3) / "samples.npz", g(2, 1) / "samples.npz",
              g(3, 4) / "model.safetensors", g(4, 3) / "metrics.json"]
 
     proc = run_cli("verify", str(out))
@@ -178,6 +194,10 @@ def test_corrupt_generations_are_named_and_recomputed_to_identical_records(tmp_p
         assert p.read_bytes() == (ref / p.relative_to(out)).read_bytes(), p
     proc = run_cli("verify", str(out))
     assert proc.returncode == 0 and "0 problem(s)" in proc.stdout, proc.stdout
+    # the old chains were converted: records.jsonl, and in their generation directories only kept files
+    for i in (4, 5):
+        assert (out / chains[i] / "records.jsonl").is_file()
+        assert sorted(p.name for p in g(i, 2).iterdir()) == ["model.safetensors", "preview.npz", "samples.npz"]
 
 
 def test_verify_accepts_dropped_models_and_refuses_a_non_run(tmp_path):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from mad import artifacts
 from mad.config import load_config
 from mad.driver import Driver
 from test_driver import GAUSS, records
@@ -59,7 +60,7 @@ def test_shared_generation_one_equals_computing_it_per_chain(tmp_path):
     assert separate.n_trained == 18 and shared.n_trained == 18 - 4 - 1
     # every chain still has its own complete generation 1 on disk
     for chain in json.loads((tmp_path / "shared" / "chains.json").read_text()):
-        assert (tmp_path / "shared" / chain["name"] / "gen_001" / "DONE").is_file()
+        assert artifacts.RunDir(tmp_path / "shared").is_done(chain["name"], 1)
 
 
 def test_resume_reads_a_shared_generation_back_instead_of_recomputing(tmp_path):
