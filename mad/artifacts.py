@@ -601,6 +601,12 @@ class RunDir:
         return json.loads((self.gen_dir(chain, gen) / GEN_METRICS).read_text())
 
     def read_manifest(self, chain: str, gen: int) -> dict:
+        """A finished generation's manifest, from records.jsonl (or manifest.json in an old directory)."""
+        if self.layout(chain) == "records":
+            for f in self.read_chain(chain, full=True).finished:
+                if f.gen == gen:
+                    return f.manifest
+            raise FileNotFoundError(f"{self.root / chain / RECORDS}: generation {gen} is not finished")
         return json.loads((self.gen_dir(chain, gen) / MANIFEST).read_text())
 
 

@@ -185,6 +185,7 @@ def test_tiny_digits_run_with_reuse_records_real_seen_frac(tmp_path):
     # gen 2 takes the 100 digits gen 1 left; gen 3 starts a new order of a pool already all seen
     assert [(r["gen"], r["real_seen_frac"]) for r in recs] == [(1, 0.0), (2, 0.0), (3, 1.0)]
     # the manifests on disk name the positions the record speaks of
-    starts = [json.loads((out / recs[0]["chain"] / f"gen_{g:03d}" / "manifest.json").read_text())["real"]["start"]
-              for g in (1, 2, 3)]
+    from mad.artifacts import RunDir
+
+    starts = [RunDir(out).read_manifest(recs[0]["chain"], g)["real"]["start"] for g in (1, 2, 3)]
     assert starts == [0, 200, 300]
