@@ -794,7 +794,9 @@ class Driver:
             last = i == len(done) - 1  # with keep_* = last only the batch's last generation keeps files
             line = json.dumps(record, sort_keys=True)
             lines.append(line)
-            keep_x = x is not None and (keep_samples == "all" or (keep_samples == "last" and last))
+            # the last generation draws nothing when it scores no samples (metrics.every): no empty files
+            drew = x is not None and (len(x) > 0 or record["gen"] < chain.cfg.loop.generations)
+            keep_x = drew and (keep_samples == "all" or (keep_samples == "last" and last))
             new.append(artifacts.NewGeneration(record["gen"], manifest_json, line,
                                                state=state if keep_models == "all" or last else None,
                                                samples=(x, y) if keep_x else None))

@@ -13,7 +13,7 @@ from conftest import ROOT, finished, n_finished, run_cli
 from mad import blocks
 from mad.config import ConfigError, load_config
 
-from test_driver import GAUSS, records, run_in_process
+from test_driver import GAUSS, records, resume_in_process, run_in_process
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -56,9 +56,7 @@ def test_killed_block_resumes_to_identical_records(tmp_path, samples):
     proc.wait()
     n_done = n_finished(out)
     assert 4 <= n_done < 320, f"the kill came too late to test resume ({n_done} generations done)"
-    resumed = run_cli(*args, f"out={out}", "report.progress=true")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming" in resumed.stdout
+    assert resume_in_process(args, out) >= 1  # resumed, not started over
     ref = tmp_path / "ref"
     run_in_process(ref, *args[len(GAUSS):])
     assert len(records(ref)) == 320
@@ -92,6 +90,22 @@ def test_no_samples_and_no_sample_metrics(tmp_path):
     assert all("w2" in r and "fid" not in r and "precision" not in r for r in recs)
     assert not list(out.rglob("samples.npz")) and not list(out.rglob("preview.npz"))
     assert len(list(out.rglob("model.safetensors"))) == 12  # keep_models=all
+
+
+def test_last_generation_scoring_nothing_writes_no_empty_samples(tmp_path):
+    """metrics.every=0: the last generation draws no samples, so it keeps no (empty) samples file."""
+    from mad.artifacts import RunDir
+
+    CHAIN = "c00-fully_synthetic"
+    for path in ("blocks", "tasks"):
+        out = tmp_path / path
+        run_in_process(out, "loop.generations=3", "sweep={}", "metrics.every=0", "artifacts.samples=all",
+                       *(["resources.block_size=0"] if path == "tasks" else []))
+        rd = RunDir(out)
+        assert [rd.has_samples(CHAIN, g) for g in (1, 2, 3)] == [True, True, False], path
+        assert len(rd.read_samples(CHAIN, 2)[0]) > 0
+        assert not (out / CHAIN / "gen_003" / "preview.npz").exists()
+        assert rd.has_model(CHAIN, 3)
 
 
 def test_knob_values_are_checked():
