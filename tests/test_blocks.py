@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, finished, n_finished, run_cli
+from conftest import ROOT, finished, n_finished
 from mad import blocks
 from mad.config import ConfigError, load_config
 
