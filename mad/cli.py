@@ -105,7 +105,7 @@ def check_out(out: str) -> Optional[str]:
 
 def _run(argv: List[str]) -> int:
     from mad.config import ConfigError, load_config, to_yaml
-    from mad.plan import describe_compute, estimate_compute, plan_chains
+    from mad.plan import describe_compute, estimate_compute, plan_chains, plan_notes
 
     flags = {a for a in argv if a.startswith("--")}
     unknown = flags - {"--dry-run", "--quiet", "--no-repair"}
@@ -130,6 +130,8 @@ def _run(argv: List[str]) -> int:
         each = str(gens[0]) if len(gens) == 1 else f"{gens[0]}-{gens[-1]}"
         print(f"# {len(chains)} chain(s), {each} generation(s) each; nothing written (--dry-run)")
         print(f"# compute: {describe_compute(estimate_compute(chains))}")
+        for note in plan_notes(cfg, chains):
+            print(f"# {note}")
         for c in chains:
             print(f"#   {c.name}")
         return 0
@@ -265,10 +267,10 @@ def _report(argv: List[str]) -> int:
         from mad.phase import write_phase
 
         phase = _dotted(run.config, "report.phase") or {}
-        phase_path = write_phase(run.run_dir, run.rows.values(), phase.get("metric", "auto"),
-                                 int(phase.get("last_k", 10)), phase.get("baseline_bias"))
-        if phase_path is not None:
-            print(f"phase diagram: {phase_path}")
+        written = write_phase(run.run_dir, run.rows.values(), phase.get("metric", "auto"),
+                              int(phase.get("last_k", 10)), phase.get("baseline_bias"))
+        if written is not None:
+            print(f"phase diagram: {written[0]} ({written[1]})")
     if latex is not None:
         print("\n" + latex + f"(LaTeX table, needs \\usepackage{{booktabs}}: {out / 'table.tex'})")
     if figures:

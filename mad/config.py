@@ -121,6 +121,11 @@ class KeepModels(str, Enum):
     last = "last"
 
 
+class PhaseBaseline(str, Enum):
+    sweep = "sweep"  # the real-only curve d_real(n) from the sweep's own n_synth = 0 chains
+    auto = "auto"  # add real-only chains on a grid from the smallest n_real to the largest n_real + n_synth
+
+
 class Band(str, Enum):
     mean_std = "mean_std"
     median_iqr = "median_iqr"
@@ -332,6 +337,7 @@ class PhaseConfig:
     metric: str = "auto"  # the distance: auto = w2 when recorded (Gaussians), else fid
     last_k: int = 10  # the limit averages each chain's last K generations
     baseline_bias: Optional[float] = None  # real-only curve at this lambda; None: each cell's own lambda
+    baseline: PhaseBaseline = PhaseBaseline.sweep  # auto: measure d_real(n) over the whole range n_e can take
 
 
 @dataclass
@@ -888,8 +894,13 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"sweep.{key}", "unknown key") from None
         if not isinstance(vals, list) or not vals:
             raise ConfigError(f"sweep.{key}", "must be a non-empty list of values")
-    for _, chain in _expand(cfg, deep=False):
+    chains = [chain for _, chain in _expand(cfg, deep=False)]
+    for chain in chains:
         _validate_one(chain)
+    if cfg.report.phase.baseline == PhaseBaseline.auto and not any(
+            c.loop.kind == LoopKind.fresh_data for c in chains):
+        raise ConfigError("report.phase.baseline", "auto adds real-only chains to a fresh-data sweep; "
+                                                   "no chain here has loop.kind=fresh_data")
 
 
 def _positive(key: str, value: Any) -> None:

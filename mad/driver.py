@@ -487,12 +487,12 @@ class Driver:
 
         p = self.cfg.report.phase
         try:
-            path = write_phase(self.run_dir.root, self._ordered_records(), p.metric, p.last_k, p.baseline_bias)
+            written = write_phase(self.run_dir.root, self._ordered_records(), p.metric, p.last_k, p.baseline_bias)
         except Exception as err:  # an analysis bug must not lose a finished run
             print(f"mad: warning: phase.csv not written: {err}", file=sys.stderr)
             return
-        if path is not None:
-            self._log(f"mad: phase diagram in {path}")
+        if written is not None:
+            self._log(f"mad: phase diagram in {written[0]} ({written[1]})")
 
     # ------------------------------------------------------------------ errors and caches
     def _stage_failed(self, sub: Submitted, evaluate_ref: Any, err: Exception, remote) -> StageFailed:
