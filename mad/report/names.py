@@ -16,7 +16,8 @@ NON_METRIC_KEYS = frozenset({"chain", "loop", "seed", "bias", "gen", "n_real", "
                              "stage_produced", "stage_kept", "stage_changed"})
 CLASS_HIST_KEY = "class_hist"  # the generated samples' predicted-class fractions (classifier features)
 METRIC_ORDER = ("fid", "precision", "recall", "density", "coverage", "w2", "w2_fit", "trace_ratio",
-                "logdet_ratio", "logdet_ratio_per_dim", "mean_shift", "class_entropy", "class_kl", "mean_confidence", "label_accuracy")
+                "logdet_ratio", "logdet_ratio_per_dim", "mean_shift", "class_entropy", "class_kl", "mean_confidence", "label_accuracy",
+                "nll")
 TABLE_METRICS = ("fid", "precision", "recall", "w2", "trace_ratio")  # the headline numbers, in this order
 PAPER_METRICS = ("fid", "precision", "recall")  # the panels of the MAD-style paper figure
 HEATMAP_PREFERENCE = ("fid", "w2")
@@ -31,10 +32,11 @@ TITLES = {
     "logdet_ratio_per_dim": "(log det Σ_t − log det Σ_real) / d", "mean_shift": "‖μ_t − μ_real‖",
     "class_entropy": "class entropy (nats)", "class_kl": "KL(real classes ‖ generated classes)",
     "mean_confidence": "classifier confidence", "label_accuracy": "label accuracy", "wall_s": "wall time (s)",
+    "nll": "held-out NLL (nats per sample)",
 }
 FEATURE_SPACES = {"raw": "raw data", "classifier": "LeNet features", "inception": "Inception features"}
 
-LOWER_IS_BETTER = frozenset({"fid", "w2", "w2_fit", "class_kl", "wall_s"})
+LOWER_IS_BETTER = frozenset({"fid", "w2", "w2_fit", "class_kl", "nll", "wall_s"})
 HIGHER_IS_BETTER = frozenset({"precision", "recall", "density", "coverage", "class_entropy", "mean_confidence",
                               "label_accuracy"})
 HINTS = {  # shown next to the panel titles so a reader knows which way is good
@@ -43,7 +45,7 @@ HINTS = {  # shown next to the panel titles so a reader knows which way is good
     "logdet_ratio_per_dim": "0 is ideal", "precision": "quality, higher is better",
     "recall": "diversity, higher is better", "density": "higher is better", "coverage": "higher is better",
     "class_entropy": "higher = classes more even", "mean_confidence": "higher is better",
-    "label_accuracy": "higher is better", "wall_s": "seconds",
+    "label_accuracy": "higher is better", "wall_s": "seconds", "nll": "lower is better",
 }
 METRIC_HINTS = HINTS  # the name the report used before this module
 
