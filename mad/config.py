@@ -95,6 +95,11 @@ class ClassBalance(str, Enum):
     real = "real"
 
 
+class BandwidthRule(str, Enum):
+    scott_std = "scott_std"  # n^(-1/(d+4)) times the data's per-coordinate std averaged over coordinates
+    scott = "scott"  # scikit-learn's KernelDensity(bandwidth="scott"): n^(-1/(d+4)), unscaled (Kazdan et al.)
+
+
 class Features(str, Enum):
     raw = "raw"
     classifier = "classifier"
@@ -171,9 +176,10 @@ class GMMConfig:
 
 @dataclass
 class KDEConfig:
-    """``model.kde``: a Gaussian kernel density estimate (Kazdan et al.); lambda scales the bandwidth."""
+    """``model.kde``: a Gaussian kernel density estimate (Kazdan et al.); lambda scales the kernel variance."""
 
-    bandwidth: Optional[float] = None  # kernel std in data units; None: Scott's rule n^(-1/(d+4)) x data std
+    bandwidth: Optional[float] = None  # kernel std h in data units; None: ``rule``
+    rule: BandwidthRule = BandwidthRule.scott_std  # the bandwidth when ``bandwidth`` is None
 
 
 @dataclass

@@ -42,6 +42,7 @@ class Reference:
     radii_k: int | None = None  # the k those radii were computed with
     sample_shape: tuple | None = None  # shape of one reference sample, to catch mismatched inputs
     sigma_sqrt: np.ndarray | None = None  # sqrt_psd(sigma), so FID costs one eigvalsh per generation
+    heldout: np.ndarray | None = None  # vector data: the reference points themselves (float64), for held-out NLL
 
 
 def _features_kind(cfg: MetricsConfig) -> Features:
@@ -155,7 +156,9 @@ def prepare_reference(ref_x: Any, ref_y: Any, train_x: Any, train_y: Any, cfg: M
     k = int(cfg.k)
     sq_radii = compute_knn_sq_radii(feats, k) if len(feats) > k else None
     shape = tuple(np.shape(ref_x)[1:])
-    return Reference(kind.value, feats, mu, sigma, class_hist, state, sq_radii, k, shape, sqrt_psd(sigma))
+    heldout = np.asarray(ref_x, dtype=np.float64) if len(shape) == 1 else None
+    return Reference(kind.value, feats, mu, sigma, class_hist, state, sq_radii, k, shape, sqrt_psd(sigma),
+                     heldout=heldout)
 
 
 def evaluate(reference: Reference, x: Any, y: Any, cfg: MetricsConfig) -> dict[str, Any]:
