@@ -1183,7 +1183,7 @@ def _refuse_duplicates(key: str, raw: List[Any], typed: List[Any]) -> None:
         h = _hashable(v)
         if h in seen:
             first = seen[h]
-            what = repr(r) if first == r else f"{first!r} and {r!r} (the same value)"
+            what = repr(r) if repr(first) == repr(r) else f"{first!r} and {r!r} (the same value)"
             raise ConfigError(f"sweep.{key}", f"lists {what} twice: the two chains would be identical; "
                                               "give each value once")
         seen[h] = r
