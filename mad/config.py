@@ -1263,8 +1263,11 @@ def _validate_one(cfg: Config) -> None:
     kind = data_kind(d.name)
     vector_data = kind == "vectors"
     if kind not in family.data_kinds:
+        from mad.models.registry import builtin_names, get_family
+
+        fits = [n for n in builtin_names() if kind in get_family(n).data_kinds]
         raise ConfigError("model.family", f"{m.family} takes {' or '.join(family.data_kinds)} data, got "
-                                          f"data.name={d.name.value} ({kind})")
+                                          f"data.name={d.name.value} ({kind}); for {kind}: {', '.join(fits)}")
     if cfg.metrics.features not in (Features.raw, Features.auto) and vector_data:
         raise ConfigError("metrics.features", f"{cfg.metrics.features.value} needs image data; use raw or auto "
                                               f"for {d.name.value}")

@@ -202,6 +202,9 @@ def test_features_auto_is_the_default_and_picks_the_classifier_for_images_and_ra
     assert [c.metrics.features for _, c in expand_sweep(swept)] == [Features.classifier, Features.raw]
     with pytest.raises(ConfigError, match="^metrics.features: classifier needs image data"):
         load_config(None, ["data.name=toy2d", "model.family=gmm", "metrics.features=classifier"])
+    # what stays impossible on the default config is the image diffusion family on vectors: named with the fits
+    with pytest.raises(ConfigError, match=r"^model.family: diffusion takes images data, .*for vectors: .*gmm"):
+        load_config(None, ["data.name=toy2d"])
 
 
 def test_features_auto_is_printed_once_by_the_command():
