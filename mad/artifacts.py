@@ -281,7 +281,11 @@ class RunDir:
             if not isinstance(old, dict):
                 raise ResumeError(f"{path}: not a config mapping; restore it or use another out=")
             if old != science:
-                diff = sorted(k for k in set(old) | set(science) if old.get(k) != science.get(k))
+                from mad.config import science_diff  # every key that differs, named: "key: A in the run, B now"
+
+                diff = science_diff(old, science)
+                if len(diff) > 6:
+                    diff = diff[:5] + [f"and {len(diff) - 5} more"]
                 if self._any_done():
                     raise ResumeError(
                         f"{self.root} holds a run with a different config (differs in: {', '.join(diff)}); "

@@ -103,8 +103,26 @@ def check_out(out: str) -> Optional[str]:
     return None
 
 
+def check_temp_dir(temp_dir: Optional[str]) -> Optional[str]:
+    """Why ``ray.temp_dir`` cannot hold a local Ray's files (one line), or None; checked with
+    ``out`` before anything is written (a file there made Ray fail after the run directory was)."""
+    if temp_dir is None:
+        return None
+    path = Path(temp_dir)
+    if path.exists() and not path.is_dir():
+        return f"ray.temp_dir: {path} exists and is not a directory"
+    probe_in = path
+    while not probe_in.exists() and probe_in.parent != probe_in:
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        return f"ray.temp_dir: cannot create {path}: {probe_in} is not a directory"
+    if not os.access(probe_in, os.W_OK | os.X_OK):
+        return f"ray.temp_dir: cannot write {path}: {probe_in} is not writable"
+    return None
+
+
 def _run(argv: List[str]) -> int:
-    from mad.config import ConfigError, load_config, to_yaml
+    from mad.config import ConfigError, config_notes, load_config, to_yaml
     from mad.plan import describe_compute, estimate_compute, plan_chains, plan_notes
 
     flags = {a for a in argv if a.startswith("--")}
@@ -126,6 +144,8 @@ def _run(argv: List[str]) -> int:
     quiet = "--quiet" in flags or not cfg.report.progress
     if "--dry-run" in flags:
         print(to_yaml(cfg), end="")
+        for note in config_notes(cfg):
+            print(f"# {note}")
         gens = sorted({c.cfg.loop.generations for c in chains})
         each = str(gens[0]) if len(gens) == 1 else f"{gens[0]}-{gens[-1]}"
         print(f"# {len(chains)} chain(s), {each} generation(s) each; nothing written (--dry-run)")
@@ -135,11 +155,14 @@ def _run(argv: List[str]) -> int:
         for c in chains:
             print(f"#   {c.name}")
         return 0
-    problem = check_out(cfg.out)
+    local_ray = not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+    problem = check_out(cfg.out) or (check_temp_dir(cfg.ray.temp_dir) if local_ray else None)
     if problem:
         return _fail(problem)
     if not quiet:
         print(to_yaml(cfg), end="")
+        for note in config_notes(cfg):
+            print(f"# {note}")
     from mad.artifacts import ResumeError
     from mad.data import DataError, DataUnavailableError
     from mad.driver import Driver, StageFailed
@@ -162,7 +185,12 @@ def _verify(argv: List[str]) -> int:
     if len(argv) != 1 or argv[0].startswith("--"):
         return _fail("usage: python run.py verify RUN_DIR")
     from mad.artifacts import ResumeError, verify_run
+    from mad.config import path_problem
 
+    problem = path_problem(argv[0])
+    if problem:
+        shown = argv[0] if len(argv[0]) <= 80 else argv[0][:77] + "..."
+        return _fail(f"{shown}: {problem}")
     try:
         problems, summary = verify_run(argv[0])
     except ResumeError as err:
