@@ -83,7 +83,9 @@ def test_dry_run_prints_config_and_chains_and_writes_nothing(tmp_path):
 def test_every_shipped_config_loads(path):
     cfg = load_config(ROOT / path)  # validation included: mnist/cifar10 check their pools without downloading
     chains = plan_chains(cfg)
-    assert len(chains) == math.prod(len(v) for v in cfg.sweep.values())
+    baseline = [c for c in chains if c.name.endswith("-baseline")]  # report.phase.baseline=auto adds these
+    assert len(chains) - len(baseline) == math.prod(len(v) for v in cfg.sweep.values())
+    assert all(c.cfg.loop.n_synth == 0 and c.cfg.loop.kind == LoopKind.fresh_data for c in baseline)
     assert len({c.name for c in chains}) == len(chains)
     # no shipped chain reuses real data: each fits its finite pool without loop.allow_real_reuse
     pools = {"digits": 1797 - cfg.data.n_reference, "mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000}
