@@ -142,6 +142,20 @@ class KeepSamples(str, Enum):
 REDRAWABLE_FAMILIES = frozenset({Family.gaussian})
 
 
+# The keys that make up "the sampler" of a family: the keys of ``sample`` it reads besides lambda and the
+# batch size. A family not named here reads none (gaussian, gmm, kde, gan); a plug-in family is taken to
+# read all three. Every lambda of a sweep samples with one sampler (see ``_check_one_sampler``).
+SAMPLER_KEYS = {"diffusion": ("scheduler", "steps", "clip"), "mlp_diffusion": ("scheduler", "steps")}
+_NO_SAMPLER = ("gaussian", "gmm", "kde", "gan")
+
+
+def sampler_keys(family: str) -> tuple:
+    name = str(family)
+    if name in SAMPLER_KEYS:
+        return SAMPLER_KEYS[name]
+    return () if name in _NO_SAMPLER else ("scheduler", "steps", "clip")
+
+
 # ----------------------------------------------------------------------------- schema
 @dataclass
 class DataConfig:
@@ -230,8 +244,9 @@ class TrainConfig:
 @dataclass
 class SampleConfig:
     bias: float = 1.0  # MAD's lambda in (0, 1]; 1 = unbiased
+    # The sampler of the diffusion families, the same for every lambda (see SAMPLER_KEYS).
     scheduler: Scheduler = Scheduler.ddim
-    steps: int = 50
+    steps: Optional[int] = 50  # denoising steps; None: all of the model's T training timesteps
     # clip the predicted x0 to [-1, 1] at every step (diffusers' clip_sample); see BENCHMARKS.md, "Sampler"
     clip: bool = True
     batch_size: int = 256
@@ -888,8 +903,67 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"sweep.{key}", "unknown key") from None
         if not isinstance(vals, list) or not vals:
             raise ConfigError(f"sweep.{key}", "must be a non-empty list of values")
-    for _, chain in _expand(cfg, deep=False):
+    chains = _expand(cfg, deep=False)
+    for _, chain in chains:
         _validate_one(chain)
+    _check_one_sampler([chain for _, chain in chains])
+
+
+def _fmt_values(values: Any) -> str:
+    return ", ".join(str(v.value if isinstance(v, Enum) else v) for v in values)
+
+
+def _check_one_sampler(chains: List[Config]) -> None:
+    """Every lambda of a sweep samples with the same sampler: a sweep whose chains differ in lambda and
+    in the sampler (``SAMPLER_KEYS``) would measure the two together, so it is refused. Chains of
+    different families are compared within their family."""
+    by_family: Dict[str, List[Config]] = {}
+    for chain in chains:
+        by_family.setdefault(str(chain.model.family), []).append(chain)
+    for family, group in by_family.items():
+        keys = sampler_keys(family)
+        biases = list(dict.fromkeys(c.sample.bias for c in group))
+        if len(biases) < 2 or not keys:
+            continue
+        varying = []
+        for key in keys:
+            values = list(dict.fromkeys(getattr(c.sample, key) for c in group))
+            if len(values) > 1:
+                varying.append(f"sample.{key}: {_fmt_values(values)}")
+        if varying:
+            raise ConfigError("sweep", f"the chains' lambda (sample.bias: {_fmt_values(biases)}) and their sampler "
+                                       f"({'; '.join(varying)}) both vary, so lambda's effect would include the "
+                                       f"sampler's: give every lambda one sampler (sweep the sampler in its own run)")
+
+
+def check_sampler(cfg: Config, conditional: bool) -> None:
+    """lambda < 1 of an unconditional diffusion model is the deterministic DDIM started from N(0, lambda I);
+    the ancestral sampler has no such bias (its per-step noise washes the start's scale out), so it is
+    refused rather than swapped for DDIM behind the user's back."""
+    s = cfg.sample
+    if conditional or s.bias >= 1.0 or s.scheduler != Scheduler.ddpm:
+        return
+    if str(cfg.model.family) not in (Family.diffusion, Family.mlp_diffusion):
+        return
+    raise ConfigError("sample.scheduler", f"ddpm with sample.bias={s.bias} on an unconditional {cfg.model.family} "
+                                          "model: its lambda < 1 is defined for the deterministic sampler started "
+                                          "from N(0, lambda I) only; use sample.scheduler=ddim (for every lambda)")
+
+
+def conditional_at_load(cfg: Config) -> bool:
+    """Whether a diffusion model samples class-conditionally, as far as the config tells (a folder with
+    data.labels=true is labelled only if its images sit in sub-folders: the driver checks that again)."""
+    return (str(cfg.model.family) == Family.diffusion and bool(cfg.model.conditional)
+            and (cfg.data.name != DataName.folder or bool(cfg.data.labels)))
+
+
+def sampling_steps(model: ModelConfig, sample: SampleConfig) -> int:
+    """The denoising steps a diffusion family takes: ``sample.steps``, or all of its T when None."""
+    if str(model.family) == Family.mlp_diffusion:
+        T = int(model.mlp_diffusion.num_train_timesteps)
+    else:
+        T = int(model.num_train_timesteps)
+    return T if sample.steps is None else min(int(sample.steps), T)
 
 
 def _positive(key: str, value: Any) -> None:
@@ -997,8 +1071,9 @@ def _validate_one(cfg: Config) -> None:
         raise ConfigError("model.channels", "must be a non-empty list of positive widths")
     if not (0.0 <= m.label_dropout < 1.0):
         raise ConfigError("model.label_dropout", f"must be in [0, 1), got {m.label_dropout}")
-    if s.steps > m.num_train_timesteps:
+    if s.steps is not None and s.steps > m.num_train_timesteps:
         raise ConfigError("sample.steps", f"must be at most model.num_train_timesteps ({m.num_train_timesteps})")
+    check_sampler(cfg, conditional_at_load(cfg))
     _positive("resources.sample_shards", cfg.resources.sample_shards)
     _positive("report.phase.last_k", cfg.report.phase.last_k)
     pb = cfg.report.phase.baseline_bias
