@@ -203,6 +203,15 @@ def test_unlabelled_folder_with_ancestral_lambda_below_1_is_refused_before_anyth
     assert not out.exists()
 
 
+def test_schema_default_sampler_is_ancestral_ddpm_over_the_full_T():
+    # BENCHMARKS.md "Sampler": the full-T ancestral DDPM with clipping is the best row
+    s = SampleConfig()
+    assert (s.scheduler, s.steps, s.clip) == (Scheduler.ddpm, None, True)
+    sched, deterministic = _make_scheduler(tiny_model(), s, conditional=True)
+    assert type(sched) is DDPMScheduler and not deterministic and len(sched.timesteps) == TINY_T
+    assert sched.config.clip_sample
+
+
 def test_ddpm_sampler_is_seeded(cond_state):
     cfg = tiny_sample(scheduler=Scheduler.ddpm, bias=0.8)
     a, _ = sample(cond_state, 8, 10, SHAPE, tiny_model(), cfg, seed=2, device="cpu")
