@@ -909,6 +909,7 @@ def validate(cfg: Config) -> None:
     for _, chain in chains:
         _validate_one(chain)
     _check_one_sampler([chain for _, chain in chains])
+    _check_phase_metric_every([chain for _, chain in chains])
 
 
 def _fmt_values(values: Any) -> str:
@@ -936,6 +937,36 @@ def _check_one_sampler(chains: List[Config]) -> None:
             raise ConfigError("sweep", f"the chains' lambda (sample.bias: {_fmt_values(biases)}) and their sampler "
                                        f"({'; '.join(varying)}) both vary, so lambda's effect would include the "
                                        f"sampler's: give every lambda one sampler (sweep the sampler in its own run)")
+
+
+# Record keys computed every generation from the fitted state whatever metrics.every says (the Gaussian
+# family's closed form); every other metric is sample-based and recorded only every metrics.every-th one.
+CLOSED_FORM_METRICS = frozenset({"w2", "trace_ratio", "mean_shift", "logdet_ratio", "logdet_ratio_per_dim"})
+
+
+def phase_metric(cfg: Config) -> str:
+    """The metric the phase diagram reads for this chain: ``report.phase.metric``, where ``auto`` is w2
+    (recorded for the Gaussian family on Gaussian data) and fid otherwise, as ``mad.phase.pick_metric``."""
+    metric = cfg.report.phase.metric
+    if metric != "auto":
+        return metric
+    return "w2" if str(cfg.model.family) == Family.gaussian and cfg.data.name == DataName.gaussian else "fid"
+
+
+def _check_phase_metric_every(chains: List[Config]) -> None:
+    """The phase diagram drops a fresh-data chain with a generation that lacks its metric, so a sample-based
+    phase metric (fid) with metrics.every > 1 would drop every chain: refused. The diagram is drawn when a
+    fresh-data sweep holds real-only chains (n_synth = 0); without them this check has nothing to say."""
+    fresh = [c for c in chains if c.loop.kind == LoopKind.fresh_data]
+    if not any(resolved_counts(c.loop)[1] == 0 for c in fresh):
+        return
+    for c in fresh:
+        metric = phase_metric(c)
+        if c.metrics.every > 1 and metric not in CLOSED_FORM_METRICS:
+            raise ConfigError("metrics.every", f"is {c.metrics.every}, but the phase diagram's metric "
+                                               f"(report.phase.metric={c.report.phase.metric}: {metric}) is recorded "
+                                               f"only every metrics.every-th generation, and a chain missing it at "
+                                               f"any generation is left out of phase.csv: set metrics.every=1")
 
 
 def check_sampler(cfg: Config, conditional: bool) -> None:
