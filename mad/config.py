@@ -1054,6 +1054,9 @@ def _validate_one(cfg: Config) -> None:
     _check_finite(cfg)
     if cfg.seed < 0:
         raise ConfigError("seed", f"must be at least 0 (numpy seeds are non-negative), got {cfg.seed}")
+    if cfg.seed >= 2 ** 32:
+        raise ConfigError("seed", f"must be below 2**32 = {2 ** 32}: a larger seed spills into a second 32-bit word of "
+                                  f"numpy's SeedSequence, where its streams equal another seed's, got {cfg.seed}")
     for key in ("train_cpus", "train_gpus", "sample_cpus", "sample_gpus", "eval_cpus", "eval_gpus"):
         if getattr(cfg.resources, key) < 0:
             raise ConfigError(f"resources.{key}", f"must be at least 0, got {getattr(cfg.resources, key)}")
