@@ -220,6 +220,20 @@ def _key(default: Any = MISSING, *, factory: Any = None, science: bool = True, c
 RUN = dict(science=False)  # a key that never changes a record
 
 
+# The keys that make up "the sampler" of a family: the keys of ``sample`` it reads besides lambda and the
+# batch size. A family not named here reads none (gaussian, gmm, kde, gan); a plug-in family is taken to
+# read all three. Every lambda of a sweep samples with one sampler (see ``_check_one_sampler``).
+SAMPLER_KEYS = {"diffusion": ("scheduler", "steps", "clip"), "mlp_diffusion": ("scheduler", "steps")}
+_NO_SAMPLER = ("gaussian", "gmm", "kde", "gan")
+
+
+def sampler_keys(family: str) -> tuple:
+    name = str(family)
+    if name in SAMPLER_KEYS:
+        return SAMPLER_KEYS[name]
+    return () if name in _NO_SAMPLER else ("scheduler", "steps", "clip")
+
+
 # ----------------------------------------------------------------------------- schema
 @dataclass
 class DataConfig:
@@ -317,8 +331,11 @@ class TrainConfig:
 @dataclass
 class SampleConfig:
     bias: float = _key(1.0, check=UNIT_LOW_OPEN)  # MAD's lambda in (0, 1]; 1 = unbiased
-    scheduler: Scheduler = Scheduler.ddim
-    steps: int = _key(50, check=POSITIVE)
+    # The sampler of the diffusion families, the same for every lambda (see SAMPLER_KEYS). The default
+    # is the best row of BENCHMARKS.md's "Sampler" table (coverage 0.86, FID 34, against 0.46 and 112
+    # for the old default, DDIM in 50 steps): ancestral DDPM over the full T, x0 clipped.
+    scheduler: Scheduler = Scheduler.ddpm
+    steps: Optional[int] = _key(None, check=POSITIVE)  # denoising steps; None: all of the model's T training timesteps
     # clip the predicted x0 to [-1, 1] at every step (diffusers' clip_sample); see BENCHMARKS.md, "Sampler"
     clip: bool = True
     batch_size: int = _key(256, check=POSITIVE)
@@ -1139,6 +1156,95 @@ def validate(cfg: Config) -> None:
             c.loop.kind == LoopKind.fresh_data for c in chains):
         raise ConfigError("report.phase.baseline", "auto adds real-only chains to a fresh-data sweep; "
                                                    "no chain here has loop.kind=fresh_data")
+    _check_one_sampler(chains)
+    _check_phase_metric_every(chains)
+
+
+def _fmt_values(values: Any) -> str:
+    return ", ".join(str(v.value if isinstance(v, Enum) else v) for v in values)
+
+
+def _check_one_sampler(chains: List[Config]) -> None:
+    """Every lambda of a sweep samples with the same sampler: a sweep whose chains differ in lambda and
+    in the sampler (``SAMPLER_KEYS``) would measure the two together, so it is refused. Chains of
+    different families are compared within their family."""
+    by_family: Dict[str, List[Config]] = {}
+    for chain in chains:
+        by_family.setdefault(str(chain.model.family), []).append(chain)
+    for family, group in by_family.items():
+        keys = sampler_keys(family)
+        biases = list(dict.fromkeys(c.sample.bias for c in group))
+        if len(biases) < 2 or not keys:
+            continue
+        varying = []
+        for key in keys:
+            values = list(dict.fromkeys(getattr(c.sample, key) for c in group))
+            if len(values) > 1:
+                varying.append(f"sample.{key}: {_fmt_values(values)}")
+        if varying:
+            raise ConfigError("sweep", f"the chains' lambda (sample.bias: {_fmt_values(biases)}) and their sampler "
+                                       f"({'; '.join(varying)}) both vary, so lambda's effect would include the "
+                                       f"sampler's: give every lambda one sampler (sweep the sampler in its own run)")
+
+
+# Record keys computed every generation from the fitted state whatever metrics.every says (the Gaussian
+# family's closed form); every other metric is sample-based and recorded only every metrics.every-th one.
+CLOSED_FORM_METRICS = frozenset({"w2", "trace_ratio", "mean_shift", "logdet_ratio", "logdet_ratio_per_dim"})
+
+
+def phase_metric(cfg: Config) -> str:
+    """The metric the phase diagram reads for this chain: ``report.phase.metric``, where ``auto`` is w2
+    (recorded for the Gaussian family on Gaussian data) and fid otherwise, as ``mad.phase.pick_metric``."""
+    metric = cfg.report.phase.metric
+    if metric != "auto":
+        return metric
+    return "w2" if str(cfg.model.family) == Family.gaussian and cfg.data.name == DataName.gaussian else "fid"
+
+
+def _check_phase_metric_every(chains: List[Config]) -> None:
+    """The phase diagram drops a fresh-data chain with a generation that lacks its metric, so a sample-based
+    phase metric (fid) with metrics.every > 1 would drop every chain: refused. The diagram is drawn when a
+    fresh-data sweep holds real-only chains (n_synth = 0); without them this check has nothing to say."""
+    fresh = [c for c in chains if c.loop.kind == LoopKind.fresh_data]
+    if not any(resolved_counts(c.loop)[1] == 0 for c in fresh):
+        return
+    for c in fresh:
+        metric = phase_metric(c)
+        if c.metrics.every > 1 and metric not in CLOSED_FORM_METRICS:
+            raise ConfigError("metrics.every", f"is {c.metrics.every}, but the phase diagram's metric "
+                                               f"(report.phase.metric={c.report.phase.metric}: {metric}) is recorded "
+                                               f"only every metrics.every-th generation, and a chain missing it at "
+                                               f"any generation is left out of phase.csv: set metrics.every=1")
+
+
+def check_sampler(cfg: Config, conditional: bool) -> None:
+    """lambda < 1 of an unconditional diffusion model is the deterministic DDIM started from N(0, lambda I);
+    the ancestral sampler has no such bias (its per-step noise washes the start's scale out), so it is
+    refused rather than swapped for DDIM behind the user's back."""
+    s = cfg.sample
+    if conditional or s.bias >= 1.0 or s.scheduler != Scheduler.ddpm:
+        return
+    if str(cfg.model.family) not in (Family.diffusion, Family.mlp_diffusion):
+        return
+    raise ConfigError("sample.scheduler", f"ddpm with sample.bias={s.bias} on an unconditional {cfg.model.family} "
+                                          "model: its lambda < 1 is defined for the deterministic sampler started "
+                                          "from N(0, lambda I) only; use sample.scheduler=ddim (for every lambda)")
+
+
+def conditional_at_load(cfg: Config) -> bool:
+    """Whether a diffusion model samples class-conditionally, as far as the config tells (a folder with
+    data.labels=true is labelled only if its images sit in sub-folders: the driver checks that again)."""
+    return (str(cfg.model.family) == Family.diffusion and bool(cfg.model.conditional)
+            and (cfg.data.name != DataName.folder or bool(cfg.data.labels)))
+
+
+def sampling_steps(model: ModelConfig, sample: SampleConfig) -> int:
+    """The denoising steps a diffusion family takes: ``sample.steps``, or all of its T when None."""
+    if str(model.family) == Family.mlp_diffusion:
+        T = int(model.mlp_diffusion.num_train_timesteps)
+    else:
+        T = int(model.num_train_timesteps)
+    return T if sample.steps is None else min(int(sample.steps), T)
 
 
 def check_keys(obj: Any, prefix: str = "") -> None:
@@ -1244,6 +1350,9 @@ def _check_sizes(cfg: Config) -> None:
 def _validate_one(cfg: Config) -> None:
     """The relations between keys of one chain (each key's own rule is checked by ``validate``)."""
     loop, s, d, m = cfg.loop, cfg.sample, cfg.data, cfg.model
+    if cfg.seed >= 2 ** 32:
+        raise ConfigError("seed", f"must be below 2**32 = {2 ** 32}: a larger seed spills into a second 32-bit word of "
+                                  f"numpy's SeedSequence, where its streams equal another seed's, got {cfg.seed}")
     if loop.real_fraction is not None or loop.n_total is not None:
         if loop.n_real is not None or loop.n_synth is not None:
             raise ConfigError("loop.real_fraction", "give either loop.real_fraction with loop.n_total, or loop.n_real/loop.n_synth, not both")
@@ -1261,8 +1370,9 @@ def _validate_one(cfg: Config) -> None:
     family = _family(m.family)
     if cfg.train.num_workers > 1 and not family.supports_data_parallel:
         raise ConfigError("train.num_workers", f"model.family={m.family} does not support data-parallel training")
-    if s.steps > m.num_train_timesteps:
+    if s.steps is not None and s.steps > m.num_train_timesteps:
         raise ConfigError("sample.steps", f"must be at most model.num_train_timesteps ({m.num_train_timesteps})")
+    check_sampler(cfg, conditional_at_load(cfg))
     if cfg.report.tracker == Tracker.mlflow:
         import importlib.util
 

@@ -30,7 +30,7 @@ import numpy as np
 
 import loops
 from mad import artifacts, blocks, seeding, tasks
-from mad.config import (Config, DataName, TrainInit, check_real_pool, config_to_dict, science_dict,
+from mad.config import (Config, DataName, TrainInit, check_real_pool, check_sampler, config_to_dict, science_dict,
                         science_of_yaml, to_yaml)
 from mad.divergence import DivergedError
 from mad.models import get_family
@@ -322,6 +322,8 @@ class Driver:
             if key in loaded and c.cfg.data.name == DataName.folder:
                 # only now is a folder's pool size known; still nothing is written
                 check_real_pool(c.cfg, loaded[key][0].size, f"folder {c.cfg.data.root} training pool")
+                # and only now whether it has labels, i.e. whether the diffusion model is conditional
+                check_sampler(c.cfg, bool(c.cfg.model.conditional) and loaded[key][0].num_classes > 0)
             if key in loaded:
                 _check_data_fits(c.cfg, loaded[key][0])
         resuming = self.prepare_run_dir()
