@@ -43,6 +43,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -408,6 +409,29 @@ class RunDir:
 
     def rewrite_metrics(self, records: Iterable[dict]) -> None:
         write_text(self.root / METRICS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+    def rewrite_metrics_if_idle(self, records: Iterable[dict]) -> bool:
+        """Rebuild metrics.jsonl from the records (the report's repair) unless a driver holds the lock,
+        which rebuilds it itself when it starts; True when rebuilt. The lock file is not created."""
+        try:
+            fd: Optional[int] = os.open(self.root / LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            fd = None
+        except OSError:  # a link or something else planted as .lock: leave the directory alone
+            return False
+        try:
+            if fd is not None:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    return False
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    return False
+            self.rewrite_metrics(records)
+            return True
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     # --------------------------------------------------------------- chain level
     def write_failed(self, chain: str, info: dict) -> Path:

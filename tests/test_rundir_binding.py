@@ -163,3 +163,25 @@ def test_records_carry_the_chain_and_the_science_hash_and_older_lines_still_resu
     assert records(out) == records(ref)
     assert (out / "science.yaml").read_bytes() == (ref / "science.yaml").read_bytes()
     assert artifacts.verify_run(out)[0] == []
+
+
+def test_report_uses_the_records_and_rebuilds_a_forged_or_emptied_metrics_copy(tmp_path):
+    out = tmp_path / "run"
+    run_in_process(out, *TWO)
+    metrics = out / "metrics.jsonl"
+    good = metrics.read_bytes()
+    first = run_cli("report", str(out))
+    assert first.returncode == 0 and first.stderr == "", first.stderr
+    summary = (out / "summary.csv").read_bytes()
+    last = json.loads(good.decode().splitlines()[-1])
+    forged = {**last, **{k: 1000.0 for k, v in last.items() if isinstance(v, float) and k not in ("bias", "time")}}
+    for spoil in (lambda: metrics.write_text(good.decode() + json.dumps(forged) + "\n"), lambda: metrics.write_text("")):
+        spoil()
+        proc = run_cli("report", str(out))
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"{metrics}:" in lines[0] and "the report uses the records" in lines[0] \
+            and "rebuilt it from them" in lines[0], lines
+        assert (out / "summary.csv").read_bytes() == summary
+        assert proc.stdout == first.stdout  # the same table
+        assert sorted(metrics.read_text().splitlines()) == sorted(good.decode().splitlines())  # in (chain, gen) order
