@@ -67,6 +67,7 @@ SPARE = ".gen_spare"  # an emptied generation directory kept for reuse while the
 LOCK = ".lock"
 PREVIEW_SIZE = 64
 HASH = "sha256"
+_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW  # appends never follow a planted link
 _NUMPY_DTYPES: frozenset = frozenset()  # torch dtypes safetensors.numpy writes alike (filled on first use)
 # Written by a run besides its chain directories; removed when an unfinished run is replaced.
 _RUN_LEVEL_OUTPUTS = (SCIENCE, CHAINS, METRICS, "report.html", "tensorboard", "figures")
@@ -166,7 +167,7 @@ def _write_kept(path: str, data: bytes) -> None:
     name (the driver holds the run's lock, so nothing else writes there) and no mkstemp, ~5x faster."""
     tmp = f"{path}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -229,6 +230,8 @@ class RunDir:
         PID and host; it changes nothing. Creates the directory when it does not exist yet.
         """
         path = self.root / LOCK
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise ResumeError(_not_regular(path))
         if self.root.exists() and not path.exists() and not (self.root / CONFIG).exists() \
                 and self.root.is_dir() and any(self.root.iterdir()):
             raise ResumeError(f"{self.root} exists, is not empty and holds no {CONFIG}; use another out=")
@@ -236,10 +239,16 @@ class RunDir:
             self._created = not self.root.exists()
             self._lock_created = not path.exists()
             self.root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            # never through a link (it would truncate a file elsewhere); O_NONBLOCK: a FIFO does not hang
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
         except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise ResumeError(_not_regular(path)) from None
             raise ResumeError(f"{path}: cannot create the run directory's lock file "
                               f"({err.strerror or err})") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ResumeError(_not_regular(path))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
@@ -252,6 +261,24 @@ class RunDir:
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode())
         self._lock_fd = fd
+
+    def links(self) -> list[Path]:
+        """Every symbolic link inside the run directory (the directory itself may be one)."""
+        found = []
+        if not self.root.is_dir():
+            return found
+        for top, dirs, files in os.walk(self.root):  # links to directories are listed, not followed
+            found += [Path(top, n) for n in (*dirs, *files) if os.path.islink(os.path.join(top, n))]
+        return sorted(found)
+
+    def refuse_links(self) -> None:
+        """ResumeError naming the first link planted in the run directory: the driver and the report
+        write only files of their own, never through a link to a file elsewhere."""
+        found = self.links()
+        if found:
+            more = f" ({len(found) - 1} more link(s))" if len(found) > 1 else ""
+            raise ResumeError(f"{found[0]}: a symbolic link inside the run directory{more}; its files must be its "
+                              "own (nothing is written through a link): remove it")
 
     def unlock(self) -> None:
         """Release the lock. A driver that was refused (or failed) before writing anything removes
@@ -457,7 +484,7 @@ class RunDir:
         """Append records already dumped as JSON (a slice of a chain block) with one write; readers see whole lines."""
         path = self.root / METRICS
         try:
-            with open(path, "a") as f:
+            with os.fdopen(os.open(path, _APPEND, 0o644), "a") as f:
                 f.write("".join(line + "\n" for line in lines))
         except OSError as err:
             if err.filename is None:  # a failed write(): say which file (ENOSPC)
@@ -586,7 +613,7 @@ class RunDir:
                                       sorted(drop) if commit else [], self.science_sha))
         path = os.path.join(d, RECORDS)
         try:
-            with open(path, "ab") as f:
+            with os.fdopen(os.open(path, _APPEND, 0o644), "ab") as f:
                 f.write(b"".join(line + b"\n" for line in lines))
         except OSError as err:
             if err.filename is None:  # a failed write(): say which file (ENOSPC)
@@ -898,6 +925,11 @@ def _show(v: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _not_regular(path: Path) -> str:
+    kind = "a symbolic link" if path.is_symlink() else "not a regular file"
+    return f"{path}: {kind}; the run directory's lock must be a file of its own: remove it"
+
+
 def _rmdir_if_empty(d: Path) -> None:
     try:
         d.rmdir()
@@ -924,7 +956,8 @@ def verify_run(root: str | os.PathLike) -> tuple[list[str], str]:
     except (OSError, ValueError, KeyError, TypeError):
         names = sorted(d.name for d in rd.root.iterdir()
                        if d.is_dir() and ((d / RECORDS).is_file() or any(d.glob("gen_*"))))
-    problems: list[str] = []
+    problems: list[str] = [f"{p}: a symbolic link inside the run directory (its files must be its own; a run "
+                           "refuses it)" for p in rd.links()]
     stored = rd.stored_science()
     sha = None if stored is None else hashlib.new(HASH, stored).hexdigest()
     if stored is not None:

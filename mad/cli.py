@@ -225,6 +225,13 @@ def _report(argv: List[str]) -> int:
         return _fail(f"--dpi: {dpi} is outside 20-2400")
     if len(dirs) > 1 and "--out" not in opts:
         return _fail("comparing runs needs --out DIR, the folder for the comparison page")
+    from mad.artifacts import ResumeError, RunDir
+
+    try:
+        for d in dirs:  # the report writes into the run directory: never through a link planted there
+            RunDir(d).refuse_links()
+    except ResumeError as err:
+        return _fail(str(err))
     try:
         runs = [load_run(d) for d in dirs]
         for r in runs:

@@ -331,6 +331,7 @@ class Driver:
         from mad import remote
         from mad.data import load_real
 
+        self.run_dir.refuse_links()  # nothing is written through a link planted in the run directory
         self._verify()
         # Recorded failures are reported, not retried (deleting <chain>/FAILED.json retries).
         if self.run_dir.exists():

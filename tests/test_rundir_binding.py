@@ -3,6 +3,7 @@ records name their chain and carry the SHA-256 of science.yaml, so moved, swappe
 directories are refused; config.yaml is checked against science.yaml; verify and a rerun name the
 chain, the file and the finished generations lost."""
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -37,7 +38,16 @@ def interrupt(out: Path, chain: str, n: int) -> None:
 
 
 def snapshot(root: Path) -> dict:
-    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != artifacts.LOCK}
+    """Every file's bytes (a link: where it points), read without following links."""
+    out = {}
+    for top, dirs, files in os.walk(root):
+        for n in (*dirs, *files):
+            p = Path(top, n)
+            if p.is_symlink():
+                out[p] = os.readlink(p)
+            elif p.is_file() and n != artifacts.LOCK:
+                out[p] = p.read_bytes()
+    return out
 
 
 def test_swapped_chain_directories_are_refused_by_resume_and_named_by_verify(tmp_path):
@@ -185,3 +195,78 @@ def test_report_uses_the_records_and_rebuilds_a_forged_or_emptied_metrics_copy(t
         assert (out / "summary.csv").read_bytes() == summary
         assert proc.stdout == first.stdout  # the same table
         assert sorted(metrics.read_text().splitlines()) == sorted(good.decode().splitlines())  # in (chain, gen) order
+
+
+# Every file and folder a driver (or the report) writes in a run directory, as a link planted there.
+PLANTED = ["config.yaml", "science.yaml", "chains.json", "metrics.jsonl", "report.html", "summary.csv",
+           "phase.csv", "tensorboard", "errors", "figures", f"{C0}", f"{C0}/records.jsonl", f"{C0}/FAILED.json",
+           f"{C0}/gen_003", f"{C0}/gen_002/model.safetensors", f"{C0}/gen_002/samples.npz",
+           f"{C0}/gen_003/model.safetensors.tmp", f"{C1}/gen_004/preview.npz"]
+
+
+def _outside(tmp_path: Path) -> dict:
+    """What lies outside the run directory, read without following links."""
+    root = tmp_path / "outside"
+    return {p: (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("links") / "run"
+    run_in_process(out, *TWO)
+    interrupt(out, C0, 2)
+    return out
+
+
+@pytest.mark.parametrize("name", PLANTED)
+def test_no_file_outside_the_run_directory_is_written_through_a_planted_link(interrupted, tmp_path, name):
+    out = tmp_path / "run"
+    shutil.copytree(interrupted, out, symlinks=True)
+    target = tmp_path / "outside" / name.replace("/", "_")
+    if "." in Path(name).name:  # a file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"precious\n")
+    else:  # a folder
+        target.mkdir(parents=True)
+        (target / "keep").write_bytes(b"precious\n")
+    link = out / name
+    if link.is_dir() and not link.is_symlink():
+        shutil.rmtree(link)
+    elif link.exists():
+        link.unlink()
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target)
+    before, outside = snapshot(out), _outside(tmp_path)
+    with pytest.raises(artifacts.ResumeError, match=f"^{link}: a symbolic link inside the run directory"):
+        run_in_process(out, *TWO, "report.html=true", "report.tensorboard=true")
+    assert _outside(tmp_path) == outside
+    assert snapshot(out) == before and link.is_symlink()
+    problems, _ = artifacts.verify_run(out)
+    assert f"{link}: a symbolic link inside the run directory (its files must be its own; a run refuses it)" in problems
+
+
+def test_a_lock_that_is_a_link_or_no_regular_file_is_refused_and_its_target_untouched(interrupted, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(interrupted, out, symlinks=True)
+    target = tmp_path / "outside" / "precious.txt"
+    target.parent.mkdir()
+    target.write_bytes(b"precious\n")
+    (out / ".lock").unlink()
+    (out / ".lock").symlink_to(target)
+    before = snapshot(out)
+    proc = run_cli(*GAUSS, *TWO, f"out={out}", "--quiet")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [f"error: {out / '.lock'}: a symbolic link; the run directory's lock must be a file of its own: "
+                     "remove it"], lines
+    assert target.read_bytes() == b"precious\n" and snapshot(out) == before
+    (out / ".lock").unlink()
+    os.mkfifo(out / ".lock")  # opening a FIFO could hang: refused at once
+    with pytest.raises(artifacts.ResumeError, match="not a regular file"):
+        artifacts.RunDir(out).lock()
+    # the report refuses a planted link too (it writes report.html, summary.csv ... there)
+    (out / ".lock").unlink()
+    (out / "summary.csv").symlink_to(target)
+    proc = run_cli("report", str(out))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"{out / 'summary.csv'}: a symbolic link" in proc.stderr and target.read_bytes() == b"precious\n"
