@@ -961,7 +961,7 @@ def verify_run(root: str | os.PathLike) -> tuple[list[str], str]:
     stored = rd.stored_science()
     sha = None if stored is None else hashlib.new(HASH, stored).hexdigest()
     if stored is not None:
-        problems += _config_problems(rd.root)
+        problems += config_problems(rd.root)
     records: dict[tuple[str, int], dict] = {}
     marked: set[tuple[str, int]] = set()
     n_failed = 0
@@ -1033,10 +1033,14 @@ def verify_run(root: str | os.PathLike) -> tuple[list[str], str]:
     return problems, summary
 
 
-def _config_problems(root: Path) -> list[str]:
-    """config.yaml against science.yaml: the keys an edit changed, in one line (none when they agree)."""
+def config_problems(root: Path) -> list[str]:
+    """config.yaml against science.yaml: the keys an edit changed, in one line (none when they agree,
+    or when there is no science.yaml: a run from before it)."""
     from mad.config import science_of_yaml
 
+    root = Path(root)
+    if not (root / SCIENCE).is_file():
+        return []
     got = {}
     for name in (CONFIG, SCIENCE):
         try:

@@ -225,7 +225,7 @@ def _report(argv: List[str]) -> int:
         return _fail(f"--dpi: {dpi} is outside 20-2400")
     if len(dirs) > 1 and "--out" not in opts:
         return _fail("comparing runs needs --out DIR, the folder for the comparison page")
-    from mad.artifacts import ResumeError, RunDir
+    from mad.artifacts import ResumeError, RunDir, config_problems
 
     try:
         for d in dirs:  # the report writes into the run directory: never through a link planted there
@@ -236,6 +236,8 @@ def _report(argv: List[str]) -> int:
         runs = [load_run(d) for d in dirs]
         for r in runs:
             _repair_metrics_copy(r)
+            for line in config_problems(r.run_dir):  # the page shows config.yaml: say when it was edited
+                print(f"mad: {line}", file=sys.stderr)
         band = run_band(runs[0], band)
         if len(runs) > 1:
             from mad.report.read import compare_runs

@@ -106,6 +106,8 @@ def test_edited_config_yaml_is_named_by_verify_and_rewritten_on_resume(tmp_path,
     problems = proc.stdout.strip().splitlines()[:-1]
     assert len(problems) == 1 and problems[0].startswith(f"{cfg}: differs from science.yaml"), problems
     assert "sample.bias (1.0 in the run, 0.5 in it)" in problems[0], problems
+    proc = run_cli("report", str(out))  # the page shows config.yaml: the report says it was edited
+    assert proc.returncode == 0 and proc.stderr.strip().splitlines() == [f"mad: {problems[0]}"], proc.stderr
     # a resume under the edited value is refused, naming the key ...
     proc = run_cli(*GAUSS, *TWO, "sample.bias=0.5", f"out={out}", "--quiet")
     assert proc.returncode == 2 and "sample.bias (1.0 in the run, 0.5 now)" in proc.stderr, proc.stderr
