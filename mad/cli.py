@@ -255,8 +255,19 @@ def _report(argv: List[str]) -> int:
         return _fail(f"--dpi: {dpi} is outside 20-2400")
     if len(dirs) > 1 and "--out" not in opts:
         return _fail("comparing runs needs --out DIR, the folder for the comparison page")
+    from mad.artifacts import ResumeError, RunDir, config_problems
+
+    try:
+        for d in dirs:  # the report writes into the run directory: never through a link planted there
+            RunDir(d).refuse_links()
+    except ResumeError as err:
+        return _fail(str(err))
     try:
         runs = [load_run(d) for d in dirs]
+        for r in runs:
+            _repair_metrics_copy(r)
+            for line in config_problems(r.run_dir):  # the page shows config.yaml: say when it was edited
+                print(f"mad: {line}", file=sys.stderr)
         band = run_band(runs[0], band)
         if len(runs) > 1:
             from mad.report.read import compare_runs
@@ -306,6 +317,24 @@ def _report(argv: List[str]) -> int:
     print(f"summary: {out / 'summary.csv'}")
     print(f"\ndashboard: {path}")
     return 0
+
+
+def _repair_metrics_copy(run) -> None:
+    """A metrics.jsonl that disagrees with the records (which the report uses): one line, and it is
+    rebuilt from them unless a driver is writing the run (its resume rebuilds it)."""
+    if run.metrics_note is None:
+        return
+    from mad.artifacts import RunDir
+
+    rows = [run.rows[k] for k in sorted(run.rows)]
+    try:
+        rebuilt = RunDir(run.run_dir).rewrite_metrics_if_idle(rows)
+    except OSError as err:
+        print(f"mad: {run.metrics_note}; not rebuilt ({_os_error_line(err)})", file=sys.stderr)
+        return
+    print(f"mad: {run.metrics_note}; " + ("rebuilt it from them" if rebuilt else
+                                          "not rebuilt now: a driver holds the run (its resume rebuilds it)"),
+          file=sys.stderr)
 
 
 def _dotted(d: dict, dotted: str):

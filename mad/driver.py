@@ -203,9 +203,22 @@ class Driver:
     # ------------------------------------------------------------------ setup
     def _verify(self) -> None:
         """Read every chain's finished generations and check their lines and kept files against
-        their checksums (read only)."""
+        their checksums (read only). Records of another chain or another run (moved, swapped or
+        copied chain directories) are refused: ResumeError, one line, before anything is written."""
         if not self.run_dir.exists():
             return
+        stored = self.run_dir.stored_science()
+        sha = hashlib.sha256(stored if stored is not None else science_yaml(self.cfg).encode()).hexdigest()
+        foreign = []
+        for chain in self.chains:
+            problem = self.run_dir.binding_problem(chain.name, self._state(chain.name), sha,
+                                                   science_missing=stored is None)
+            if problem:
+                foreign.append(problem)
+        if foreign:
+            raise artifacts.ResumeError(foreign[0] + (f" ({len(foreign) - 1} more chain(s) alike; python run.py "
+                                                      f"verify {self.run_dir.root} lists them)"
+                                                      if len(foreign) > 1 else ""))
         for chain in self.chains:
             state = self._state(chain.name)
             found = [(len(state.finished) + 1, problem) for _, problem in state.problems[:1]]
@@ -253,12 +266,26 @@ class Driver:
             raise artifacts.CorruptRunError(
                 f"{problem}; stopped (--no-repair)" + (f"; {more} more chain(s) affected" if more else "")
                 + f"; python run.py verify {self.run_dir.root} lists every problem")
-        resuming = self.run_dir.check_or_write_config(to_yaml(self.cfg), science_dict(self.cfg), science_of_yaml)
+        named = self.run_dir.metrics_generations()  # before it is rebuilt: what a cut records.jsonl lost
+        resuming = self.run_dir.check_or_write_config(to_yaml(self.cfg), science_dict(self.cfg), science_of_yaml,
+                                                      science_yaml(self.cfg))
         if self.run_dir.replaced is not None:
+            named = {}  # the replaced run's lines went with it
             print(f"mad: {self.run_dir.root} held a run with another config (differs in: "
                   f"{', '.join(self.run_dir.replaced)}) that finished no generation; replaced it", file=sys.stderr)
+        if self.run_dir.config_edited:
+            print(f"mad: {self.run_dir.root / artifacts.CONFIG}: edited since the run was written (differs in "
+                  f"{', '.join(self.run_dir.config_edited)} from {artifacts.SCIENCE}, the config its records were "
+                  "computed under); rewritten", file=sys.stderr)
         for chain, (gen, problem) in self._bad.items():
             print(f"mad: {problem}; recomputing generation {gen} and later of {chain}", file=sys.stderr)
+        for chain in self.chains:
+            if chain.name in self._bad:
+                continue
+            have = {f.gen for f in self._state(chain.name).finished}
+            lost = sorted(g for g in named.get(chain.name, ()) if g not in have and g <= chain.cfg.loop.generations)
+            if lost:
+                print(f"mad: {self.run_dir.lost_line(chain.name, lost)}; recomputing them", file=sys.stderr)
         self.run_dir.write_chains([c.describe() for c in self.chains])
         # Each chain's directory is cut to the generations it resumes after (a torn or unfinished
         # tail and corrupt generations go; an old DONE-directory chain is converted), and
@@ -304,6 +331,7 @@ class Driver:
         from mad import remote
         from mad.data import load_real
 
+        self.run_dir.refuse_links()  # nothing is written through a link planted in the run directory
         self._verify()
         # Recorded failures are reported, not retried (deleting <chain>/FAILED.json retries).
         if self.run_dir.exists():
@@ -867,6 +895,13 @@ class Driver:
             self.tracker.close(c.name for c in self.chains
                                if len(self.run_dir.done_generations(c.name)) >= c.cfg.loop.generations)
             self.tracker = None
+
+
+def science_yaml(cfg: Config) -> str:
+    """science.yaml: the science keys of the run's config, written once; its records carry its SHA-256."""
+    import yaml
+
+    return yaml.safe_dump(science_dict(cfg), sort_keys=False)
 
 
 def _failure_line(info: dict) -> str:
