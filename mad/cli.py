@@ -180,6 +180,22 @@ def check_out(out: str) -> Optional[str]:
     return None
 
 
+def _ray_train_missing() -> Optional[str]:
+    """Why data-parallel training (Ray Train) cannot run here, or None: ``ray[train]`` is an extra
+    (``pip install -e ".[ddp]"``), and ``ray.train`` refuses to import without these packages."""
+    import importlib.util
+
+    for name in ("fsspec", "pandas", "pyarrow", "requests"):
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ValueError:  # in sys.modules as None: not importable
+            found = False
+        if not found:
+            return (f"train.num_workers: data-parallel training needs Ray Train, and {name} is not installed: "
+                    'pip install -e ".[ddp]" (or pip install "ray[train]")')
+    return None
+
+
 def _run(argv: List[str]) -> int:
     from mad.config import ConfigError, load_config, to_yaml
     from mad.plan import describe_compute, estimate_compute, plan_chains
@@ -200,6 +216,10 @@ def _run(argv: List[str]) -> int:
     except ConfigError as err:
         return _fail(str(err))
     chains = plan_chains(cfg)
+    if any(c.cfg.train.num_workers > 1 for c in chains):
+        problem = _ray_train_missing()
+        if problem:
+            return _fail(problem)
     quiet = "--quiet" in flags or not cfg.report.progress
     if "--dry-run" in flags:
         print(to_yaml(cfg), end="")

@@ -89,3 +89,23 @@ def test_mad_and_run_py_parse_alike(capsys, tmp_path):
         assert console(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and said in err, err
+
+
+def test_data_parallel_training_without_ray_train_is_refused_before_anything_is_written(
+        monkeypatch, capsys, tmp_path):
+    """ray[train] (pandas, pyarrow: ~70 MB) is the ddp extra, not a base dependency: without it,
+    train.num_workers > 1 is one line naming the key and the install command, exit 2."""
+    import sys
+
+    from mad.cli import main
+
+    args = ["configs/experiment/digits.yaml", "train.num_workers=2", f"out={tmp_path / 'r'}"]
+    assert main([*args, "--dry-run"]) == 0  # this machine has Ray Train
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if it were not installed: imports fail
+    for extra in ([], ["--dry-run"]):
+        assert main([*args, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: train.num_workers:") and '.[ddp]' in err, err
+    assert not (tmp_path / "r").exists()
+    assert main(["configs/experiment/digits.yaml", f"out={tmp_path / 'r'}", "--dry-run"]) == 0  # 1 worker: fine
