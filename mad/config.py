@@ -406,14 +406,16 @@ class MetricsConfig:
 
 @dataclass
 class ResourcesConfig:
-    # Science: a task's CPUs set torch's thread count and its GPUs the device, both of which change
-    # the last digits of a number; the shards split one sample stream into others.
-    train_cpus: float = _key(1.0, check=AT_LEAST_0)
+    # A task's CPUs set torch's thread count, measured not to move a record (1 and 2 threads give the
+    # golden records bit for bit: benchmarks/golden_spread.py), so a resume may change them; its GPUs
+    # set the device, which changes the last digits (science); the shards split one sample stream
+    # into others (science).
+    train_cpus: float = _key(1.0, check=AT_LEAST_0, **RUN)
     train_gpus: float = _key(0.0, check=AT_LEAST_0)
-    sample_cpus: float = _key(1.0, check=AT_LEAST_0)
+    sample_cpus: float = _key(1.0, check=AT_LEAST_0, **RUN)
     sample_gpus: float = _key(0.0, check=AT_LEAST_0)
     sample_shards: int = _key(1, check=POSITIVE)  # a synthetic set is sampled by this many parallel tasks
-    eval_cpus: float = _key(1.0, check=AT_LEAST_0)
+    eval_cpus: float = _key(1.0, check=AT_LEAST_0, **RUN)
     eval_gpus: float = _key(0.0, check=AT_LEAST_0)
     max_retries: int = _key(3, check=AT_LEAST_0, **RUN)  # Ray retries of a task whose worker died
     # Compute a generation whose inputs are identical across chains (generation 1 of chains that differ

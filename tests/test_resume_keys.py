@@ -35,7 +35,8 @@ def test_every_key_is_classified_once():
     assert not set(science) & set(run)
     assert sorted(science + run) == sorted(LEAVES)
     # the sample stream depends on the shards; a task's CPUs set torch's threads and its GPUs the device
-    assert {"resources.sample_shards", "resources.train_cpus", "resources.sample_gpus", "seed", "sweep"} <= set(science)
+    assert {"resources.sample_shards", "resources.sample_gpus", "seed", "sweep"} <= set(science)
+    assert {"resources.train_cpus", "resources.sample_cpus", "resources.eval_cpus"}.isdisjoint(science)
     assert {"out", "ray.temp_dir", "report.html", "resources.block_size", "resources.share_identical"} <= set(run)
 
 
@@ -94,7 +95,7 @@ def test_a_science_key_changed_on_resume_is_refused_naming_it(tmp_path, ray_loca
     Driver(load_config(None, [*GAUSS, f"out={out}", "loop.generations=2", "sweep={}"]), quiet=True).run()
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.name != ".lock"}
     for change, line in [("resources.sample_shards=2", "resources.sample_shards: 1 in the run, 2 now"),
-                         ("resources.train_cpus=2", "resources.train_cpus: 1.0 in the run, 2.0 now"),
+                         ("resources.train_gpus=1", "resources.train_gpus: 0.0 in the run, 1.0 now"),
                          ("sample.bias=0.5", "sample.bias: 1.0 in the run, 0.5 now")]:
         cfg = load_config(None, [*GAUSS, f"out={out}", "loop.generations=2", "sweep={}", change])
         with pytest.raises(ResumeError) as err:
@@ -110,7 +111,8 @@ RESUME_CHANGES = [
     ["resources.block_size=0", "resources.share_identical=false", "resources.max_retries=0",
      "report.band=median_iqr", "report.phase.metric=fid", "report.phase.last_k=2",
      "report.phase.baseline_bias=0.5", "ray.num_cpus=1", "report.tensorboard=true"],
-    ["resources.block_size=2", "report.tracker_dir={tmp}/mlflow", "ray.temp_dir={tmp}"],
+    ["resources.block_size=2", "report.tracker_dir={tmp}/mlflow", "ray.temp_dir={tmp}",
+     "resources.train_cpus=0.5", "resources.sample_cpus=0.5", "resources.eval_cpus=0.5"],
 ]
 ELSEWHERE = {"out", "ray.address", "report.html", "report.progress", "report.tracker"}
 
