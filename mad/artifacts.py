@@ -1020,13 +1020,13 @@ def verify_run(root: str | os.PathLike) -> tuple[list[str], str]:
         except (ValueError, KeyError, TypeError):
             bad_lines += 1
     lost: dict[str, list[int]] = {}
-    marked.update(k for k in lines if k[0] in foreign_chains)
-    for chain, gen in sorted(k for k in lines if k not in marked and k[0] in names):
+    unmarked = [k for k in lines if k not in marked and k[0] not in foreign_chains]  # another chain's: named above
+    for chain, gen in sorted(k for k in unmarked if k[0] in names):
         lost.setdefault(chain, []).append(gen)
     for chain, gens in lost.items():
         problems.append(f"{rd.lost_line(chain, gens)}; a resume recomputes them")
     mismatched = sorted(k for k in records if lines.get(k) != records[k])
-    extra = sorted(k for k in lines if k not in marked and k[0] not in lost)  # (a corrupt generation's line is no extra problem)
+    extra = sorted(k for k in unmarked if k[0] not in lost)  # (a corrupt generation's line is no extra problem)
     if mismatched or extra or bad_lines:
         problems.append(f"{rd.root / METRICS}: {len(mismatched)} finished generation(s) missing or different, "
                         f"{len(extra) + bad_lines} other line(s) (a resume rebuilds it)")

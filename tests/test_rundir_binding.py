@@ -187,8 +187,8 @@ def test_report_uses_the_records_and_rebuilds_a_forged_or_emptied_metrics_copy(t
     summary = (out / "summary.csv").read_bytes()
     last = json.loads(good.decode().splitlines()[-1])
     forged = {**last, **{k: 1000.0 for k, v in last.items() if isinstance(v, float) and k not in ("bias", "time")}}
-    for spoil in (lambda: metrics.write_text(good.decode() + json.dumps(forged) + "\n"), lambda: metrics.write_text("")):
-        spoil()
+    for spoiled in (good.decode() + json.dumps(forged) + "\n", ""):  # a forged line appended; emptied
+        metrics.write_text(spoiled)
         proc = run_cli("report", str(out))
         assert proc.returncode == 0, proc.stderr
         lines = proc.stderr.strip().splitlines()
