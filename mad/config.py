@@ -91,8 +91,9 @@ class Scheduler(str, Enum):
 
 
 class ClassBalance(str, Enum):
-    uniform = "uniform"
-    real = "real"
+    uniform = "uniform"  # each label drawn uniformly at random
+    real = "real"  # each label drawn from the real pool's class histogram
+    exact = "exact"  # exactly n / K labels per class, shuffled (MAD's DDPM code); see mad.models.diffusion
 
 
 class Features(str, Enum):
@@ -1110,6 +1111,10 @@ def _validate_one(cfg: Config) -> None:
     if s.steps is not None and s.steps > m.num_train_timesteps:
         raise ConfigError("sample.steps", f"must be at most model.num_train_timesteps ({m.num_train_timesteps})")
     check_sampler(cfg, conditional_at_load(cfg))
+    if s.class_balance == ClassBalance.exact and (str(m.family) in _NO_SAMPLER + ("mlp_diffusion",)
+                                                  or (str(m.family) == Family.diffusion and not conditional_at_load(cfg))):
+        raise ConfigError("sample.class_balance", f"exact balances the labels a class-conditional diffusion model "
+                                                  f"samples with; model.family={m.family} here samples no labels")
     _positive("resources.sample_shards", cfg.resources.sample_shards)
     _positive("report.phase.last_k", cfg.report.phase.last_k)
     pb = cfg.report.phase.baseline_bias
