@@ -166,6 +166,9 @@ class DataConfig:
     resolution: Optional[int] = None  # image side in pixels; None keeps the native size
     n_reference: int = 500  # held-out real samples for the metrics; never used for training
     labels: bool = True  # folder: take class labels from sub-folder names
+    # toy2d: the std of each of the 25 grid modes (spacing 2). /work/shared/MAD.md does not state MAD's
+    # appendix value; sqrt(0.05) is what the grid always used here. A key, so a run can set the paper's.
+    mode_std: float = 0.05 ** 0.5
 
 
 @dataclass
@@ -1086,7 +1089,7 @@ def _validate_one(cfg: Config) -> None:
     _validate_stages(cfg)
     if loop.synth_source == SynthSource.last_k and loop.last_k < 1:
         raise ConfigError("loop.last_k", "must be at least 1")
-    for key in ("dim", "n_reference", "resolution"):
+    for key in ("dim", "n_reference", "resolution", "mode_std"):
         _positive(f"data.{key}", getattr(d, key))
     for key in ("n_eval", "k", "classifier_epochs"):
         _positive(f"metrics.{key}", getattr(cfg.metrics, key))
