@@ -1,24 +1,41 @@
 """MAD section 5's fresh-data phase diagram, computed from a run's records (metrics.jsonl lines).
 
+How the chains are seeded (common random numbers): a chain's training and sampling seeds depend on
+the seed, the generation and the stage only, so chains of one seed share that noise across cells;
+Gaussian real draws are keyed by their absolute position in one stream per seed, so a fresh-data
+chain with a larger n_init reads the same stream as one with a smaller n_init, shifted by the
+difference (positions of one stream, not the same draws at the same generation). Every comparison
+below is therefore paired per seed, and a seed, not a chain, is the unit of every standard error.
+
 For every cell (n_real, n_synth, lambda) of fresh-data chains:
   limit     mean distance over each chain's last K generations, averaged over seeds;
-  limit_se  standard error over seeds of the per-seed last-K means (chains of one seed with
-            different n_init share their fresh real draws, so a seed, not a chain, is the unit);
+  limit_se  standard error over seeds of the per-seed last-K means;
   converged the slope of the distance over the last K generations is not significantly non-zero
-            (two-sided t-test at 95 %: over seeds, df = seeds - 1; one seed: the OLS error, df = K - 2);
+            (two-sided t-test at 95 %: over seeds' slopes, df = seeds - 1; one seed: the OLS error,
+            df = K - 2); ``slope_detectable`` is the drift per generation that test detects with
+            80 % power, so "converged" reads "no drift larger than this";
+  mixing_gens  5 / (1 - rho), rho = lambda n_synth / (n_real + n_synth): the loop forgets its start by
+            about rho per generation, so a chain shorter than this still carries its start-up
+            transient (``short``);
   n_e       the n at which the real-only curve d_real(n) equals the limit;
-  admissible n_e / n_real >= 1 (the synthetic data did not hurt).
+  admissible the synthetic data did not hurt: the paired difference, per seed, of the cell's limit and
+            the real-only limit at the same n_real (same seed, the baseline's lambda) is <= 0
+            (``paired_diff`` +- ``paired_diff_se``); without real-only chains at n_real it falls back
+            to n_e / n_real >= 1.
 d_real(n) is the limit of the real-only chains (n_synth = 0, the same statistic), whose every
 generation after the first trains on n fresh real samples. It is made non-increasing in n (pooled
 adjacent violators) and interpolated linearly in log d against log n (exact for d ~ n^-1/2);
 outside the measured range the end segment is extended and the cell is flagged ``extrapolated``.
-The baseline is the real-only chains at the cell's lambda (sampling bias included) unless
-``baseline_bias`` names one lambda for every cell; with no real-only chains at the cell's
+``report.phase.baseline: auto`` (mad/plan.py) adds real-only chains on a grid from the smallest
+n_real to the largest n_real + n_synth, so that n_e, which can reach n_real + n_synth, is read off
+measured points. The baseline is the real-only chains at the cell's lambda (sampling bias included)
+unless ``baseline_bias`` names one lambda for every cell; with no real-only chains at the cell's
 lambda, lambda = 1 is used. The admissible threshold of (n_real, lambda) is the largest n_synth
 whose cell is admissible.
 
 The cell key leaves n_init out (MAD: the limit does not depend on it); ``n_init_rows`` gives the
-limit per n_init and each cell says whether they agree within two standard errors of their difference.
+limit per n_init, and each cell says whether they agree: the paired difference per seed against the
+smallest n_init is within its 95 % t-interval of zero (fewer than two paired seeds: cannot tell).
 
 Pure: reads nothing, imports neither Ray nor torch; ``write_phase`` is the one function that writes,
 called by the driver at the end of a run and by ``python run.py report``.
@@ -38,7 +55,8 @@ PHASE_CSV = "phase.csv"
 N_INIT_CSV = "phase_n_init.csv"
 COLUMNS = ("n_real", "n_synth", "bias", "limit", "limit_se", "n_e", "n_e_over_n_real", "admissible")
 EXTRA_COLUMNS = ("threshold_n_synth", "converged", "slope", "slope_se", "extrapolated", "baseline_bias",
-                 "n_seeds", "window", "n_init", "n_init_agree", "n_init_max_diff", "n_init_diff_se", "metric")
+                 "n_seeds", "window", "n_init", "n_init_agree", "n_init_max_diff", "n_init_diff_se", "metric",
+                 "paired_diff", "paired_diff_se", "slope_detectable", "generations", "mixing_gens", "short")
 N_INIT_COLUMNS = ("n_real", "n_synth", "bias", "n_init", "limit", "limit_se", "n_seeds", "window")
 RATIO_TOL = 1e-9  # n_e / n_real of an n_synth = 0 cell is 1 up to rounding
 
@@ -64,13 +82,28 @@ class Cell:
     extrapolated: bool = False
     baseline_bias: Optional[float] = None
     threshold_n_synth: Optional[int] = None
+    paired_diff: float = float("nan")  # mean over seeds of (limit - real-only limit at n_real), same seed
+    paired_diff_se: float = float("nan")
+    slope_detectable: float = float("nan")  # drift per generation the slope test detects with 80 % power
+    generations: int = 0  # the shortest chain's generations
 
     @property
     def ratio(self) -> float:
         return self.n_e / self.n_real if self.n_real else float("nan")
 
     @property
+    def mixing_gens(self) -> float:
+        return mixing_generations(self.n_real, self.n_synth, self.bias)
+
+    @property
+    def short(self) -> bool:
+        """Fewer generations than the loop needs to forget its start (see ``mixing_generations``)."""
+        return self.generations < self.mixing_gens - 1e-9
+
+    @property
     def admissible(self) -> bool:
+        if np.isfinite(self.paired_diff):
+            return bool(self.paired_diff <= 1e-12 * max(abs(self.limit), 1e-300))
         return bool(np.isfinite(self.ratio) and self.ratio >= 1.0 - RATIO_TOL)
 
 
@@ -99,6 +132,28 @@ class PhaseTable:
             if c.admissible and (out[key] is None or c.n_synth > out[key]):
                 out[key] = c.n_synth
         return out
+
+
+def mixing_generations(n_real: int, n_synth: int, bias: float) -> float:
+    """About 5 / (1 - rho) generations, rho = lambda n_synth / (n_real + n_synth): the fresh-data
+    loop's memory of its start shrinks by about rho per generation (MAD section 5), so after this many
+    it is below e^-5 of the start-up transient. Infinite when rho = 1 (no fresh data)."""
+    total = n_real + n_synth
+    rho = bias * n_synth / total if total else 1.0
+    return 5.0 / (1.0 - rho) if rho < 1.0 else float("inf")
+
+
+def baseline_grid(n_real: Iterable[int], n_total: Iterable[int], per_doubling: int = 2) -> list[int]:
+    """The n of the real-only chains ``report.phase.baseline: auto`` measures: the swept n_real values
+    and a geometric grid (``per_doubling`` points per doubling, both ends included) from the smallest
+    n_real to the largest n_real + n_synth, the largest n_e a cell can have."""
+    n_real, n_total = sorted(set(int(n) for n in n_real)), list(n_total)
+    lo, hi = n_real[0], max(max(n_total), n_real[-1])
+    points = set(n_real)
+    if hi > lo:
+        steps = max(1, math.ceil(math.log2(hi / lo) * per_doubling))
+        points.update(int(round(lo * (hi / lo) ** (i / steps))) for i in range(steps + 1))
+    return sorted(p for p in points if lo <= p <= hi)
 
 
 def pick_metric(records: Iterable[dict], metric: str = "auto") -> Optional[str]:
@@ -140,6 +195,23 @@ def _ols_slope_se(y: np.ndarray) -> float:
 # Two-sided 95 % critical values of Student's t for df = 1..30 (importing scipy.stats takes seconds).
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+# One-sided 80 % quantiles of Student's t for df = 1..30 (the power term of a detectable effect).
+_T80 = (1.376, 1.061, 0.978, 0.941, 0.920, 0.906, 0.896, 0.889, 0.883, 0.879, 0.876, 0.873, 0.870, 0.868, 0.866,
+        0.865, 0.863, 0.862, 0.861, 0.860, 0.859, 0.858, 0.858, 0.857, 0.856, 0.856, 0.855, 0.855, 0.854, 0.854)
+
+
+def _t_power(df: int) -> float:
+    if df < 1:
+        return float("inf")
+    return _T80[df - 1] if df <= len(_T80) else 0.8416 + 0.25 / df
+
+
+def detectable(se: float, df: int) -> float:
+    """The smallest true effect a two-sided 95 % t-test with standard error ``se`` and ``df`` degrees
+    of freedom detects with 80 % power: (t_0.975 + t_0.80) se."""
+    return (_t_crit(df) + _t_power(df)) * se if np.isfinite(se) else float("nan")
 
 
 def _t_crit(df: int) -> float:
@@ -216,7 +288,26 @@ def _window_stats(chains: list[_Chain], last_k: int) -> dict[str, Any]:
         slope, slope_se, df = _slope(only), _ols_slope_se(only), window - 2
     converged = _not_significant(slope, slope_se, df, limit)
     return {"limit": limit, "limit_se": limit_se, "n_seeds": len(per_seed), "window": window,
-            "slope": slope, "slope_se": slope_se, "converged": bool(converged)}
+            "slope": slope, "slope_se": slope_se, "converged": bool(converged),
+            "slope_detectable": detectable(slope_se, df),
+            "generations": 1 + min(len(c.series) for c in chains)}
+
+
+def _seed_limits(chains: list[_Chain], window: int) -> dict[Any, float]:
+    """Each seed's limit: the mean over its chains of their last ``window`` generations."""
+    per_seed: dict[Any, list[float]] = {}
+    for c in chains:
+        per_seed.setdefault(c.seed, []).append(float(c.series[-window:].mean()))
+    return {seed: float(np.mean(v)) for seed, v in per_seed.items()}
+
+
+def _paired(a: dict[Any, float], b: dict[Any, float]) -> tuple[float, float, int]:
+    """Mean and standard error over the seeds both hold of b[seed] - a[seed]; and how many seeds."""
+    common = [s for s in a if s in b]
+    if not common:
+        return float("nan"), float("nan"), 0
+    mean, se = _mean_se([b[s] - a[s] for s in common])
+    return mean, se, len(common)
 
 
 def _pava_nonincreasing(d: list[float]) -> list[float]:
@@ -303,7 +394,8 @@ def phase_table(records: Iterable[dict], metric: str = "auto", last_k: int = 10,
         st = _window_stats(group, last_k)
         cell = Cell(n_real=n_real, n_synth=n_synth, bias=bias, limit=st["limit"], limit_se=st["limit_se"],
                     n_seeds=st["n_seeds"], window=st["window"], slope=st["slope"], slope_se=st["slope_se"],
-                    converged=st["converged"], n_init=sorted({c.n_init for c in group}))
+                    converged=st["converged"], n_init=sorted({c.n_init for c in group}),
+                    slope_detectable=st["slope_detectable"], generations=st["generations"])
         _n_init_check(cell, group, last_k)
         if baseline_bias is not None:
             base = baselines.get(float(baseline_bias))
@@ -312,6 +404,11 @@ def phase_table(records: Iterable[dict], metric: str = "auto", last_k: int = 10,
         if base is not None:
             cell.baseline_bias = base.bias
             cell.n_e, cell.extrapolated = effective_n(cell.limit, base.n, base.d_monotone)
+            real_only = groups.get((n_real, 0, base.bias))
+            if real_only:
+                window = min(st["window"], min(len(c.series) for c in real_only))
+                cell.paired_diff, cell.paired_diff_se, _ = _paired(_seed_limits(real_only, window),
+                                                                   _seed_limits(group, window))
         cells.append(cell)
     table = PhaseTable(metric=chosen, last_k=last_k, cells=cells, baselines=baselines)
     thresholds = table.thresholds()
@@ -321,8 +418,9 @@ def phase_table(records: Iterable[dict], metric: str = "auto", last_k: int = 10,
 
 
 def _n_init_check(cell: Cell, group: list[_Chain], last_k: int) -> None:
-    """Limits per n_init, and whether each agrees with the smallest n_init's within two standard
-    errors of their difference (each limit's standard error over seeds, combined as if independent)."""
+    """Limits per n_init, and whether each agrees with the smallest n_init's: the per-seed paired
+    difference (chains of one seed share their noise, see the module docstring) is within its
+    two-sided 95 % t-interval of zero. Fewer than two paired seeds: ``n_init_agree`` is None."""
     by_init: dict[int, list[_Chain]] = {}
     for c in group:
         by_init.setdefault(c.n_init, []).append(c)
@@ -332,13 +430,14 @@ def _n_init_check(cell: Cell, group: list[_Chain], last_k: int) -> None:
     if len(by_init) < 2:
         return
     first, *others = sorted(by_init)
-    worst_diff, worst_se, agree = 0.0, 0.0, True
+    worst_diff, worst_se, verdicts = 0.0, float("nan"), []
     for other in others:
-        (a, sa, _), (b, sb, _) = cell.n_init_limits[first], cell.n_init_limits[other]
-        diff, se = b - a, math.hypot(sa, sb)
-        agree = agree and bool(np.isfinite(se) and abs(diff) <= 2.0 * se + 1e-12 * abs(cell.limit))
-        if abs(diff) >= abs(worst_diff):
+        window = min(last_k, *(len(c.series) for k in (first, other) for c in by_init[k]))
+        diff, se, n = _paired(_seed_limits(by_init[first], window), _seed_limits(by_init[other], window))
+        verdicts.append(_not_significant(diff, se, n - 1, cell.limit) if n >= 2 and np.isfinite(se) else None)
+        if not np.isfinite(worst_se) or abs(diff) >= abs(worst_diff):
             worst_diff, worst_se = diff, se
+    agree = False if False in verdicts else (None if None in verdicts else True)
     cell.n_init_max_diff, cell.n_init_diff_se, cell.n_init_agree = worst_diff, worst_se, agree
 
 
@@ -362,7 +461,8 @@ def phase_csv(table: PhaseTable) -> str:
             c.n_real, c.n_synth, c.bias, c.limit, c.limit_se, c.n_e, c.ratio, c.admissible,
             c.threshold_n_synth, c.converged, c.slope, c.slope_se, c.extrapolated, c.baseline_bias,
             c.n_seeds, c.window, ";".join(map(str, c.n_init)), c.n_init_agree, c.n_init_max_diff,
-            c.n_init_diff_se, table.metric)])
+            c.n_init_diff_se, table.metric, c.paired_diff, c.paired_diff_se, c.slope_detectable,
+            c.generations, c.mixing_gens, c.short)])
     return buf.getvalue()
 
 
@@ -377,10 +477,30 @@ def n_init_csv(table: PhaseTable) -> str:
     return buf.getvalue()
 
 
+def summary(table: PhaseTable) -> str:
+    """One line on the table: cells, admissible, and what a reader must not over-read (extrapolated
+    n_e, cells not converged or too short to forget their start, n_init disagreements)."""
+    cells = table.cells
+    parts = [f"{len(cells)} cell(s) on {table.metric}", f"{sum(c.admissible for c in cells)} admissible",
+             f"{sum(c.extrapolated for c in cells)} n_e extrapolated beyond the measured real-only curve",
+             f"{sum(not c.converged for c in cells)} not converged"]
+    short = [c for c in cells if c.short]
+    if short:
+        worst = max(short, key=lambda c: c.mixing_gens)
+        need = f"{math.ceil(worst.mixing_gens)}" if math.isfinite(worst.mixing_gens) else "infinitely many"
+        parts.append(f"{len(short)} shorter than 5 / (1 - rho) generations (warning: their limit keeps part of "
+                     f"the start-up; worst n_real={worst.n_real} n_synth={worst.n_synth} lambda={worst.bias:g}: "
+                     f"{worst.generations} of about {need})")
+    disagree = sum(c.n_init_agree is False for c in cells)
+    if any(c.n_init_agree is not None for c in cells):
+        parts.append(f"{disagree} with n_init limits that differ (paired, 95 %)")
+    return ", ".join(parts)
+
+
 def write_phase(run_dir: str | Path, records: Iterable[dict], metric: str = "auto", last_k: int = 10,
-                baseline_bias: Optional[float] = None) -> Optional[Path]:
+                baseline_bias: Optional[float] = None) -> Optional[tuple[Path, str]]:
     """Write ``run_dir/phase.csv`` (and phase_n_init.csv) when the records make a phase diagram;
-    returns the path of phase.csv, or None when there is none to write."""
+    returns the path of phase.csv and the table's ``summary`` line, or None when there is none."""
     from mad.artifacts import write_text
 
     table = phase_table(records, metric=metric, last_k=last_k, baseline_bias=baseline_bias)
@@ -389,4 +509,4 @@ def write_phase(run_dir: str | Path, records: Iterable[dict], metric: str = "aut
     run_dir = Path(run_dir)
     write_text(run_dir / N_INIT_CSV, n_init_csv(table))
     write_text(run_dir / PHASE_CSV, phase_csv(table))
-    return run_dir / PHASE_CSV
+    return run_dir / PHASE_CSV, summary(table)

@@ -239,7 +239,8 @@ def evaluate_generation(job: EvalJob, reference: Any, state: dict, shards: Seque
                         device: Optional[str] = None) -> dict[str, Optional[float]]:
     """Sample-based metrics against the reference set (``job.score_samples=False``, see ``metrics.every``:
     none); with ``job.real`` known in closed form, the family's closed-form metrics (if it has any) and,
-    for a mixture, the mode metrics of its samples."""
+    for a mixture, the mode metrics of its samples; for a family with ``heldout_metrics`` (kde, gmm) and
+    vector data, those of the reference points (``nll``)."""
     from mad.metrics import evaluate
 
     out = {}
@@ -256,6 +257,11 @@ def evaluate_generation(job: EvalJob, reference: Any, state: dict, shards: Seque
             from mad.metrics.modes import mode_metrics
 
             out.update(mode_metrics(x, real))
+    # a family with a likelihood (kde, gmm): held-out real points scored every generation, like closed forms
+    heldout = getattr(job.family, "heldout_metrics", None)
+    points = getattr(reference, "heldout", None)
+    if heldout is not None and points is not None:
+        out.update(heldout(state, job.bias, points))
     # None stays None (JSON null): a value that does not exist, e.g. the log det of a singular fit
     return {k: None if v is None else v if isinstance(v, list) else float(v) for k, v in out.items()}
 

@@ -343,3 +343,52 @@ def test_unknown_features_kind_and_mismatched_inputs():
 def test_importing_metrics_does_not_import_ray():
     code = "import sys, mad.metrics; assert 'ray' not in sys.modules, 'ray imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# ----------------------------------------------------------------------------- w2 and w2_fit (Gaussian)
+def test_w2_is_the_sampler_and_w2_fit_the_fitted_model():
+    """w2 = W2(N(mu, lambda Sigma), real), w2_fit = W2(N(mu, Sigma), real); isotropic closed form
+    W2^2 = |mu - mu_r|^2 + d (s - s_r)^2 with s the per-coordinate standard deviations."""
+    from mad.data.vectors import RealDistribution
+    from mad.models import gaussian
+
+    d, var, lam = 3, 2.25, 0.36
+    state = {"mean": torch.tensor([0.3, 0.0, 0.4], dtype=torch.float64),
+             "cov": var * torch.eye(d, dtype=torch.float64)}
+    real = RealDistribution.gaussian(np.zeros(d), np.eye(d))
+    m = gaussian.closed_form_metrics(state, lam, real)
+    assert m["w2"] == pytest.approx(math.sqrt(0.25 + d * (math.sqrt(lam * var) - 1) ** 2), rel=1e-12)
+    assert m["w2_fit"] == pytest.approx(math.sqrt(0.25 + d * (math.sqrt(var) - 1) ** 2), rel=1e-12)
+    one = gaussian.closed_form_metrics(state, 1.0, real)
+    assert one["w2"] == one["w2_fit"] == m["w2_fit"]
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_phase_metric_w2_fit_is_what_phase_csv_uses(tmp_path):
+    """A fresh-data sweep with report.phase.metric=w2_fit: both distances recorded, phase.csv built on w2_fit."""
+    import csv
+    import json
+
+    from mad.config import load_config
+    from mad.driver import Driver
+
+    cfg = load_config(None, ["data.name=gaussian", "data.dim=2", "model.family=gaussian", "metrics.features=raw",
+                             "metrics.n_eval=20", "data.n_reference=50", "loop.kind=fresh_data", "loop.generations=4",
+                             "loop.n_init=20", "loop.n_real=20", "sweep={}", "sweep.loop.n_synth=[0,20]",
+                             "sweep.sample.bias=[1.0,0.5]", "report.phase.metric=w2_fit", "report.phase.last_k=2",
+                             "report.html=false", "report.tensorboard=false", "report.progress=false",
+                             f"out={tmp_path / 'run'}"])
+    Driver(cfg, quiet=True).run()
+    recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for r in recs:
+        if r["bias"] == 1.0:
+            assert r["w2_fit"] == r["w2"]
+        else:
+            assert r["w2_fit"] != r["w2"]
+    rows = list(csv.DictReader((tmp_path / "run" / "phase.csv").open()))
+    assert {r["metric"] for r in rows} == {"w2_fit"} and len(rows) == 4
+    for row in rows:  # the limit is the mean of w2_fit over the last 2 generations
+        chain = [r for r in recs if r["bias"] == float(row["bias"]) and r["gen"] >= 2
+                 and r["n_synth"] == int(row["n_synth"])]
+        want = np.mean([r["w2_fit"] for r in chain if r["gen"] >= 3])
+        assert float(row["limit"]) == pytest.approx(want, rel=1e-5)

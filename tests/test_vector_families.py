@@ -103,15 +103,59 @@ def test_gmm_recovers_the_grid_and_lambda_scales_covariances(toy2d):
         assert st["covs"].shape == (4, 2, 2)
 
 
-def test_kde_bandwidth_is_scaled_by_lambda():
+def test_kde_at_lambda_has_kernel_variance_lambda_h2():
+    """lambda scales the kernel VARIANCE, as N(mu, lambda Sigma) does: std h sqrt(lambda), not lambda h."""
     fam = get_family("kde")
     x = np.zeros((50, 3))
-    m = ModelConfig(family="kde", kde=KDEConfig(bandwidth=2.0))
+    h, lam = 2.0, 0.25
+    m = ModelConfig(family="kde", kde=KDEConfig(bandwidth=h))
     state = fam.train(x, None, 0, m, None, seed=0)
     s1, _ = fam.sample(state, 20000, 0, (3,), m, SampleConfig(bias=1.0), seed=0)
-    s2, _ = fam.sample(state, 20000, 0, (3,), m, SampleConfig(bias=0.25), seed=0)
-    assert s1.std() == pytest.approx(2.0, rel=0.03)
-    assert s2.std() == pytest.approx(0.5, rel=0.03)
+    s2, _ = fam.sample(state, 20000, 0, (3,), m, SampleConfig(bias=lam), seed=0)
+    # every point is 0, so a sample is the kernel noise itself: the same draws, scaled by sqrt(lambda)
+    np.testing.assert_allclose(s2, np.sqrt(lam) * s1, rtol=1e-12)
+    assert s1.var() == pytest.approx(h ** 2, rel=0.03)
+    assert s2.var() == pytest.approx(lam * h ** 2, rel=0.03)  # 1.0; the old lambda-on-the-std gave 0.25
+
+
+def test_kde_bandwidth_rules():
+    """scott_std (the default): n^(-1/(d+4)) x mean std; scott: scikit-learn's unscaled rule."""
+    from sklearn.neighbors import KernelDensity
+
+    x = 3.0 * np.random.default_rng(1).standard_normal((200, 2))
+    fam = get_family("kde")
+    assert KDEConfig().rule.value == "scott_std"
+    h_std = float(fam.train(x, None, 0, ModelConfig(family="kde", kde=KDEConfig()), None)["bandwidth"])
+    h_sk = float(fam.train(x, None, 0, ModelConfig(family="kde", kde=KDEConfig(rule="scott")), None)["bandwidth"])
+    assert h_sk == pytest.approx(KernelDensity(bandwidth="scott").fit(x).bandwidth_, rel=1e-12)
+    assert h_std == pytest.approx(np.mean(x.std(axis=0, ddof=1)) * 200 ** (-1 / 6), rel=1e-12)
+    assert h_std / h_sk == pytest.approx(3.0, rel=0.1)  # the data's scale, which the sklearn rule ignores
+
+
+def test_heldout_nll_of_kde_and_gmm_against_scikit_learn(toy2d):
+    """nll = mean -log p(held-out) under the sampling density; at lambda the kernel / component
+    variances are scaled by lambda, which scikit-learn reproduces with h sqrt(lambda) / scaled covariances."""
+    from scipy.stats import multivariate_normal
+    from sklearn.neighbors import KernelDensity
+
+    pool, x, ref = toy2d
+    kde = get_family("kde")
+    m = model_cfg("kde")
+    state = kde.train(x, None, 0, m, None, seed=0)
+    h = float(state["bandwidth"])
+    for lam in (1.0, 0.3):
+        want = -KernelDensity(bandwidth=h * np.sqrt(lam)).fit(x).score_samples(ref).mean()
+        assert kde.heldout_metrics(state, lam, ref)["nll"] == pytest.approx(want, rel=1e-9)
+    gmm = get_family("gmm")
+    mg = model_cfg("gmm")
+    st = gmm.train(x, None, 0, mg, None, seed=0)
+    w, mu, cov = (st[k].numpy() for k in ("weights", "means", "covs"))
+    for lam in (1.0, 0.3):
+        dens = sum(w[k] * multivariate_normal(mu[k], lam * cov[k]).pdf(ref) for k in range(len(w)))
+        assert gmm.heldout_metrics(st, lam, ref)["nll"] == pytest.approx(-np.log(dens).mean(), rel=1e-9)
+    # a zero-width kernel has no density: null, not a number
+    flat = kde.train(np.zeros((5, 2)), None, 0, model_cfg("kde"), None)
+    assert kde.heldout_metrics(flat, 1.0, ref) == {"nll": None}
 
 
 def test_two_generations_of_each_vector_family_through_run_py(tmp_path):
@@ -128,6 +172,9 @@ def test_two_generations_of_each_vector_family_through_run_py(tmp_path):
     assert by == {(f, g) for f in ("gmm", "kde", "mlp_diffusion") for g in (1, 2)}
     for r in recs:  # toy2d: the mode metrics next to the sample-based ones
         assert 0 <= r["modes_covered"] <= 25 and 0.0 <= r["high_quality_frac"] <= 1.0 and "fid" in r
+        # the families with a likelihood score the held-out reference set; the diffusion model has none
+        assert ("nll" in r) == (r["model.family"] in ("gmm", "kde")), r
+        assert r.get("nll") is None or np.isfinite(r["nll"])
 
 
 def test_mode_metrics_against_their_definition(toy2d):

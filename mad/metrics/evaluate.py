@@ -42,15 +42,19 @@ class Reference:
     radii_k: int | None = None  # the k those radii were computed with
     sample_shape: tuple | None = None  # shape of one reference sample, to catch mismatched inputs
     sigma_sqrt: np.ndarray | None = None  # sqrt_psd(sigma), so FID costs one eigvalsh per generation
+    heldout: np.ndarray | None = None  # vector data: the reference points themselves (float64), for held-out NLL
 
 
-def _features_kind(cfg: MetricsConfig) -> Features:
+def _features_kind(cfg: MetricsConfig, x: Any) -> Features:
     value = cfg.features.value if isinstance(cfg.features, Features) else cfg.features
     try:
-        return Features(value)
+        kind = Features(value)
     except ValueError:
         choices = ", ".join(f.value for f in Features)
         raise ValueError(f"metrics.features: unknown feature kind {value!r}; choose one of {choices}") from None
+    if kind == Features.auto:  # load_config resolves it from the data set; a direct call, from the samples
+        return Features.raw if np.ndim(x) == 2 else Features.classifier
+    return kind
 
 
 _CLASSIFIERS: dict[str, TrainedClassifier] = {}  # per-process: rebuilt once per worker, not per call
@@ -131,7 +135,7 @@ def prepare_reference(ref_x: Any, ref_y: Any, train_x: Any, train_y: Any, cfg: M
     result's ``extractor_state`` the driver caches). The reference class histogram is the
     classifier's own predictions on ``ref_x``: generated samples are judged by the same
     instrument, so its few errors cancel instead of showing up as a KL."""
-    kind = _features_kind(cfg)
+    kind = _features_kind(cfg, ref_x)
     state: dict | None = None
     class_hist: np.ndarray | None = None
     if kind == Features.classifier:
@@ -155,7 +159,9 @@ def prepare_reference(ref_x: Any, ref_y: Any, train_x: Any, train_y: Any, cfg: M
     k = int(cfg.k)
     sq_radii = compute_knn_sq_radii(feats, k) if len(feats) > k else None
     shape = tuple(np.shape(ref_x)[1:])
-    return Reference(kind.value, feats, mu, sigma, class_hist, state, sq_radii, k, shape, sqrt_psd(sigma))
+    heldout = np.asarray(ref_x, dtype=np.float64) if len(shape) == 1 else None
+    return Reference(kind.value, feats, mu, sigma, class_hist, state, sq_radii, k, shape, sqrt_psd(sigma),
+                     heldout=heldout)
 
 
 def evaluate(reference: Reference, x: Any, y: Any, cfg: MetricsConfig) -> dict[str, Any]:
@@ -163,7 +169,7 @@ def evaluate(reference: Reference, x: Any, y: Any, cfg: MetricsConfig) -> dict[s
     fid, precision, recall, density, coverage; with classifier features also class_entropy,
     class_kl, mean_confidence (and label_accuracy when ``y`` is given) and ``class_hist``, the
     predicted-class fractions as a list. Plain floats otherwise."""
-    kind = _features_kind(cfg)
+    kind = _features_kind(cfg, x)
     if kind.value != reference.features_kind:
         raise ValueError(f"metrics.features is {kind.value!r} but the reference was prepared with "
                          f"{reference.features_kind!r}")

@@ -55,7 +55,8 @@ def log_det(cov: np.ndarray) -> Optional[float]:
 
 def closed_form_metrics(state: dict[str, torch.Tensor], bias: float, real: RealDistribution
                         ) -> dict[str, Optional[float]]:
-    """w2 between the model's sampling distribution and the real one; trace, log-det and mean drift of the fit.
+    """w2 between the model's sampling distribution N(mu, lambda Sigma) and the real one, w2_fit between the
+    fitted N(mu, Sigma) and the real one (equal at lambda = 1); trace, log-det and mean drift of the fit.
 
     ``logdet_ratio`` = log det Sigma_t - log det Sigma_real (``logdet_ratio_per_dim``: divided by d)
     follows the typical chain, where ``trace_ratio`` follows the mean; it is None (JSON null) when
@@ -72,4 +73,5 @@ def closed_form_metrics(state: dict[str, torch.Tensor], bias: float, real: RealD
     out["logdet_ratio_per_dim"] = None if ratio is None else ratio / cov.shape[0]
     if real.is_gaussian:  # no closed form against a mixture (toy2d)
         out["w2"] = gaussian_w2(mean, bias * cov, real_mean, real_cov)
+        out["w2_fit"] = out["w2"] if bias == 1.0 else gaussian_w2(mean, cov, real_mean, real_cov)
     return out

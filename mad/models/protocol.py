@@ -93,6 +93,15 @@ class HasClosedForm(Protocol):
         ...
 
 
+@runtime_checkable
+class HasHeldoutMetrics(Protocol):
+    """Optional too: metrics of the state on held-out real points (the reference set of vector data)."""
+
+    def heldout_metrics(self, state: State, bias: float, x: np.ndarray) -> dict:
+        """E.g. ``nll``, the mean negative log-likelihood of ``x`` under the sampling density at ``bias``."""
+        ...
+
+
 class FamilyBase:
     """Defaults for a plug-in family class; subclass it and override ``train``/``sample``.
 

@@ -31,7 +31,8 @@ class UnknownFamilyError(ValueError):
 
 
 class ModuleFamily:
-    """A family whose code is a module with ``train``/``sample`` (and maybe ``closed_form_metrics``).
+    """A family whose code is a module with ``train``/``sample`` (and maybe ``closed_form_metrics`` and
+    ``heldout_metrics``).
 
     The module is imported on first use, not at lookup, so that validating a config does not
     import torch, diffusers or scikit-learn. Pickles as its names only.
@@ -39,7 +40,7 @@ class ModuleFamily:
 
     def __init__(self, name: str, module: str, data_kinds: tuple[str, ...], *, cheap: bool = False,
                  supports_data_parallel: bool = False, config_class: Optional[type] = None,
-                 closed_form: bool = False):
+                 closed_form: bool = False, heldout: bool = False):
         self.name = name
         self.module = module
         self.data_kinds = tuple(data_kinds)
@@ -47,6 +48,7 @@ class ModuleFamily:
         self.supports_data_parallel = supports_data_parallel
         self.config_class = config_class
         self._closed_form = closed_form
+        self._heldout = heldout
 
     def _impl(self):
         return importlib.import_module(self.module)
@@ -64,6 +66,13 @@ class ModuleFamily:
             raise AttributeError(f"family {self.name!r} has no closed-form metrics")
         return self._impl().closed_form_metrics
 
+    @property
+    def heldout_metrics(self) -> Callable[..., dict]:
+        # absent unless the module scores held-out real points (a likelihood), as closed_form_metrics
+        if not self._heldout:
+            raise AttributeError(f"family {self.name!r} has no held-out metrics")
+        return self._impl().heldout_metrics
+
     def __repr__(self) -> str:
         return f"ModuleFamily({self.name!r}, {self.module!r})"
 
@@ -74,8 +83,10 @@ def _builtins() -> dict[str, ModelFamily]:
     return {
         "gaussian": ModuleFamily("gaussian", "mad.models.gaussian", (VECTORS,), cheap=True, closed_form=True),
         "diffusion": ModuleFamily("diffusion", "mad.models.diffusion", (IMAGES,), supports_data_parallel=True),
-        "gmm": ModuleFamily("gmm", "mad.models.gmm", (VECTORS,), cheap=True, config_class=c.GMMConfig),
-        "kde": ModuleFamily("kde", "mad.models.kde", (VECTORS,), cheap=True, config_class=c.KDEConfig),
+        "gmm": ModuleFamily("gmm", "mad.models.gmm", (VECTORS,), cheap=True, config_class=c.GMMConfig,
+                            heldout=True),
+        "kde": ModuleFamily("kde", "mad.models.kde", (VECTORS,), cheap=True, config_class=c.KDEConfig,
+                            heldout=True),
         "mlp_diffusion": ModuleFamily("mlp_diffusion", "mad.models.mlp_diffusion", (VECTORS,),
                                       config_class=c.MLPDiffusionConfig),
         "gan": ModuleFamily("gan", "mad.models.gan", (IMAGES,), config_class=c.GANConfig),

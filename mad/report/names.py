@@ -15,8 +15,9 @@ NON_METRIC_KEYS = frozenset({"chain", "loop", "seed", "bias", "gen", "n_real", "
                              "time", "family", "data", "index", "name", "real_seen_frac", "class_hist",
                              "stage_produced", "stage_kept", "stage_changed"})
 CLASS_HIST_KEY = "class_hist"  # the generated samples' predicted-class fractions (classifier features)
-METRIC_ORDER = ("fid", "precision", "recall", "density", "coverage", "w2", "trace_ratio", "logdet_ratio",
-                "logdet_ratio_per_dim", "mean_shift", "class_entropy", "class_kl", "mean_confidence", "label_accuracy")
+METRIC_ORDER = ("fid", "precision", "recall", "density", "coverage", "w2", "w2_fit", "trace_ratio",
+                "logdet_ratio", "logdet_ratio_per_dim", "mean_shift", "class_entropy", "class_kl", "mean_confidence", "label_accuracy",
+                "nll")
 TABLE_METRICS = ("fid", "precision", "recall", "w2", "trace_ratio")  # the headline numbers, in this order
 PAPER_METRICS = ("fid", "precision", "recall")  # the panels of the MAD-style paper figure
 HEATMAP_PREFERENCE = ("fid", "w2")
@@ -25,29 +26,32 @@ HEATMAP_PREFERENCE = ("fid", "w2")
 TITLES = {
     "fid": "FID ({features})", "precision": "precision ({features})", "recall": "recall ({features})",
     "density": "density ({features})", "coverage": "coverage ({features})",
-    "w2": "W2 to the real distribution", "trace_ratio": "tr Σ_t / tr Σ_real", "logdet_ratio": "log det Σ_t − log det Σ_real",
+    "w2": "W2 to the real distribution",  # of the sampler N(μ, λΣ)
+    "w2_fit": "W2 of the fit N(μ, Σ), no λ",
+    "trace_ratio": "tr Σ_t / tr Σ_real", "logdet_ratio": "log det Σ_t − log det Σ_real",
     "logdet_ratio_per_dim": "(log det Σ_t − log det Σ_real) / d", "mean_shift": "‖μ_t − μ_real‖",
     "class_entropy": "class entropy (nats)", "class_kl": "KL(real classes ‖ generated classes)",
     "mean_confidence": "classifier confidence", "label_accuracy": "label accuracy", "wall_s": "wall time (s)",
+    "nll": "held-out NLL (nats per sample)",
 }
 FEATURE_SPACES = {"raw": "raw data", "classifier": "LeNet features", "inception": "Inception features"}
 
-LOWER_IS_BETTER = frozenset({"fid", "w2", "class_kl", "wall_s"})
+LOWER_IS_BETTER = frozenset({"fid", "w2", "w2_fit", "class_kl", "nll", "wall_s"})
 HIGHER_IS_BETTER = frozenset({"precision", "recall", "density", "coverage", "class_entropy", "mean_confidence",
                               "label_accuracy"})
 HINTS = {  # shown next to the panel titles so a reader knows which way is good
-    "fid": "lower is better", "w2": "lower is better", "class_kl": "lower is better",
+    "fid": "lower is better", "w2": "lower is better", "w2_fit": "lower is better", "class_kl": "lower is better",
     "mean_shift": "0 is ideal", "trace_ratio": "1 is ideal", "logdet_ratio": "0 is ideal",
     "logdet_ratio_per_dim": "0 is ideal", "precision": "quality, higher is better",
     "recall": "diversity, higher is better", "density": "higher is better", "coverage": "higher is better",
     "class_entropy": "higher = classes more even", "mean_confidence": "higher is better",
-    "label_accuracy": "higher is better", "wall_s": "seconds",
+    "label_accuracy": "higher is better", "wall_s": "seconds", "nll": "lower is better",
 }
 METRIC_HINTS = HINTS  # the name the report used before this module
 
 # Positive quantities that shrink geometrically: a log y axis by default (each panel can switch).
 # The log-det ratios are logarithms already: their linear axis is a log scale of the determinant.
-LOG_Y_METRICS = frozenset({"trace_ratio", "w2"})
+LOG_Y_METRICS = frozenset({"trace_ratio", "w2", "w2_fit"})
 
 
 def feature_space(config: Optional[dict]) -> Optional[str]:
