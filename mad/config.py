@@ -92,8 +92,9 @@ class Scheduler(str, Enum):
 
 
 class ClassBalance(str, Enum):
-    uniform = "uniform"
-    real = "real"
+    uniform = "uniform"  # each label drawn uniformly at random
+    real = "real"  # each label drawn from the real pool's class histogram
+    exact = "exact"  # exactly n / K labels per class, shuffled (MAD's DDPM code); see mad.models.diffusion
 
 
 class BandwidthRule(str, Enum):
@@ -243,6 +244,9 @@ class DataConfig:
     resolution: Optional[int] = _key(None, check=POSITIVE)  # image side in pixels; None keeps the native size
     n_reference: int = _key(500, check=POSITIVE)  # held-out real samples for the metrics; never used for training
     labels: bool = True  # folder: take class labels from sub-folder names
+    # toy2d: the std of each of the 25 grid modes (spacing 2). /work/shared/MAD.md does not state MAD's
+    # appendix value; sqrt(0.05) is what the grid always used here. A key, so a run can set the paper's.
+    mode_std: float = _key(0.05 ** 0.5, check=POSITIVE)
 
 
 GMM_COVARIANCES = ("full", "tied", "diag", "spherical")
@@ -1375,6 +1379,10 @@ def _validate_one(cfg: Config) -> None:
     if s.steps is not None and s.steps > m.num_train_timesteps:
         raise ConfigError("sample.steps", f"must be at most model.num_train_timesteps ({m.num_train_timesteps})")
     check_sampler(cfg, conditional_at_load(cfg))
+    if s.class_balance == ClassBalance.exact and (str(m.family) in _NO_SAMPLER + ("mlp_diffusion",)
+                                                  or (str(m.family) == Family.diffusion and not conditional_at_load(cfg))):
+        raise ConfigError("sample.class_balance", f"exact balances the labels a class-conditional diffusion model "
+                                                  f"samples with; model.family={m.family} here samples no labels")
     if cfg.report.tracker == Tracker.mlflow:
         import importlib.util
 

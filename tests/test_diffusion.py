@@ -9,7 +9,8 @@ from safetensors.torch import load_file, save_file
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from conftest import run_cli
-from mad.config import (ConfigError, DataConfig, DataName, Family, ModelConfig, SampleConfig, Scheduler, TrainConfig,
+from mad import seeding
+from mad.config import (ClassBalance, ConfigError, DataConfig, DataName, Family, ModelConfig, SampleConfig, Scheduler, TrainConfig,
                         expand_sweep, load_config)
 from mad.data.images import load_images
 from mad.models.diffusion import _make_scheduler, build_unet, evaluate_loss, sample, train
@@ -107,6 +108,26 @@ def test_conditional_samples_are_uint8_with_labels_in_range(cond_state):
     probs[3] = 1.0
     _, y3 = sample(cond_state, 8, 10, SHAPE, tiny_model(), tiny_sample(), seed=0, class_probs=probs, device="cpu")
     assert (y3 == 3).all()
+
+
+def test_exact_class_balance_draws_n_over_k_labels_of_every_class(cond_state):
+    exact = ClassBalance.exact
+    _, y = sample(cond_state, 30, 10, SHAPE, tiny_model(), tiny_sample(class_balance=exact, steps=1), seed=0, device="cpu")
+    assert np.bincount(y, minlength=10).tolist() == [3] * 10
+    assert not np.array_equal(y, np.sort(y)) and not np.array_equal(y, np.tile(np.arange(10), 3))  # shuffled
+    _, y2 = sample(cond_state, 30, 10, SHAPE, tiny_model(), tiny_sample(class_balance=exact, steps=1), seed=0, device="cpu")
+    _, y3 = sample(cond_state, 30, 10, SHAPE, tiny_model(), tiny_sample(class_balance=exact, steps=1), seed=1, device="cpu")
+    np.testing.assert_array_equal(y, y2)  # seeded
+    assert not np.array_equal(y, y3)
+    _, odd = sample(cond_state, 25, 10, SHAPE, tiny_model(), tiny_sample(class_balance=exact, steps=1), seed=0, device="cpu")
+    assert sorted(np.bincount(odd, minlength=10).tolist()) == [2] * 5 + [3] * 5  # 25 % 10 to distinct classes
+    # the default (uniform) draws each label at random, as before: not balanced, same draw as always
+    _, u = sample(cond_state, 30, 10, SHAPE, tiny_model(), tiny_sample(steps=1), seed=0, device="cpu")
+    np.testing.assert_array_equal(u, seeding.rng(0, 0).integers(0, 10, size=30, dtype=np.int64))
+    with pytest.raises(ConfigError) as err:  # an unconditional model samples no labels to balance
+        load_config(None, ["sample.class_balance=exact", "model.conditional=false"])
+    assert err.value.key == "sample.class_balance"
+    assert load_config(None, ["sample.class_balance=exact"]).sample.class_balance == exact
 
 
 def test_guidance_changes_conditional_samples(cond_state):

@@ -100,3 +100,30 @@ def test_the_seed_keys_a_run_derives_never_collide_in_numpy(monkeypatch, config,
     for key in sorted(keys):
         other = states.setdefault(_state(key), key)
         assert other == key, f"seed keys {other} and {key} give numpy the same stream"
+
+
+# ----------------------------------------------------------------------------- the toy2d grid's mode std
+def test_toy2d_mode_std_is_a_key_that_the_draws_the_mixture_and_the_mode_metrics_follow():
+    from mad.data import load_real
+    from mad.data.vectors import TOY2D_MODES
+    from mad.metrics.modes import mode_metrics
+
+    default = load_config(None, ["data.name=toy2d", "model.family=gmm", "metrics.features=raw"])
+    assert default.data.mode_std == pytest.approx(0.05 ** 0.5)  # what the grid always used: records unchanged
+    for std in (0.05 ** 0.5, 0.05):
+        cfg = load_config(None, ["data.name=toy2d", "model.family=gmm", "metrics.features=raw",
+                                 f"data.mode_std={std}", "data.n_reference=4000"])
+        pool, (ref, _) = load_real(cfg.data, 0)
+        x, _ = pool.draw(0, 0, 4000)
+        for sample in (x, ref):
+            nearest = TOY2D_MODES[np.argmin(((sample[:, None] - TOY2D_MODES[None]) ** 2).sum(-1), axis=1)]
+            assert (sample - nearest).std() == pytest.approx(std, rel=0.05)
+        real = pool.distribution()
+        assert np.allclose(real.covs, std ** 2 * np.eye(2))
+        assert np.allclose(pool.cov, np.cov(TOY2D_MODES.T, bias=True) + std ** 2 * np.eye(2))
+        # 3 sigma of the mode metrics is 3 x data.mode_std: 0.4 off a mode is in at sqrt(0.05), out at 0.05
+        off = TOY2D_MODES + 0.4
+        assert mode_metrics(off, real)["high_quality_frac"] == (1.0 if std > 0.2 else 0.0)
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["data.name=toy2d", "model.family=gmm", "metrics.features=raw", "data.mode_std=0"])
+    assert err.value.key == "data.mode_std"

@@ -39,6 +39,7 @@ class RealPool:
     mean: Optional[np.ndarray] = None  # a Gaussian distribution instead of a finite pool
     cov: Optional[np.ndarray] = None
     num_classes: int = 0
+    mode_std: float = vectors.TOY2D_STD  # toy2d: each mode's std (data.mode_std)
 
     @property
     def size(self) -> Optional[int]:
@@ -58,7 +59,7 @@ class RealPool:
         # start 0 keeps the stream's own key, so generation 1 and the fixed set nest as on a pool
         seq = seeding.seed_sequence(seed, seeding.REAL, stream, *((start,) if start else ()))
         if self.name == DataName.toy2d.value:
-            return vectors.draw_toy2d(n, seq), None
+            return vectors.draw_toy2d(n, seq, self.mode_std), None
         return vectors.draw_gaussian(self.mean, self.cov, n, np.random.default_rng(seq)), None
 
     def distribution(self) -> Optional[vectors.RealDistribution]:
@@ -66,7 +67,7 @@ class RealPool:
         if self.mean is None:
             return None
         if self.name == DataName.toy2d.value:
-            return vectors.toy2d_distribution()
+            return vectors.toy2d_distribution(self.mode_std)
         return vectors.RealDistribution.gaussian(self.mean, self.cov)
 
     def class_histogram(self) -> Optional[np.ndarray]:
@@ -138,9 +139,10 @@ def load_real(cfg: DataConfig, seed: int) -> tuple[RealPool, tuple[np.ndarray, O
         ref = vectors.draw_gaussian(mean, cov, cfg.n_reference, np.random.default_rng(ref_seq))
         return pool, (ref, None)
     if cfg.name == DataName.toy2d:
-        mean, cov = vectors.toy2d_moments()
-        pool = RealPool(cfg.name.value, mean=mean, cov=cov)
-        return pool, (vectors.draw_toy2d(cfg.n_reference, seeding.seed_sequence(seed, seeding.REFERENCE)), None)
+        std = float(cfg.mode_std)
+        mean, cov = vectors.toy2d_moments(std)
+        pool = RealPool(cfg.name.value, mean=mean, cov=cov, mode_std=std)
+        return pool, (vectors.draw_toy2d(cfg.n_reference, seeding.seed_sequence(seed, seeding.REFERENCE), std), None)
     from mad.data.images import load_images
 
     train_x, train_y, ref_x, ref_y, num_classes = load_images(cfg, seed)

@@ -47,26 +47,26 @@ def draw_gaussian(mean: np.ndarray, cov: np.ndarray, n: int, rng: np.random.Gene
 
 
 TOY2D_MODES = np.array([(x, y) for x in (-4, -2, 0, 2, 4) for y in (-4, -2, 0, 2, 4)], dtype=float)
-TOY2D_STD = 0.05 ** 0.5  # MAD appendix / the GAN literature's 25-Gaussians grid
+TOY2D_STD = 0.05 ** 0.5  # the default of data.mode_std (MAD.md does not give MAD's appendix value)
 
 
-def draw_toy2d(n: int, seq: np.random.SeedSequence) -> np.ndarray:
+def draw_toy2d(n: int, seq: np.random.SeedSequence, std: float = TOY2D_STD) -> np.ndarray:
     # Separate streams for modes and noise keep draws prefix-consistent.
     mode_seq, noise_seq = seq.spawn(2)
     modes = np.random.default_rng(mode_seq).integers(0, len(TOY2D_MODES), size=n)
-    noise = np.random.default_rng(noise_seq).standard_normal((n, 2)) * TOY2D_STD
+    noise = np.random.default_rng(noise_seq).standard_normal((n, 2)) * std
     return TOY2D_MODES[modes] + noise
 
 
-def toy2d_moments() -> tuple[np.ndarray, np.ndarray]:
+def toy2d_moments(std: float = TOY2D_STD) -> tuple[np.ndarray, np.ndarray]:
     mean = TOY2D_MODES.mean(0)
-    cov = np.cov(TOY2D_MODES.T, bias=True) + TOY2D_STD**2 * np.eye(2)
+    cov = np.cov(TOY2D_MODES.T, bias=True) + std**2 * np.eye(2)
     return mean, cov
 
 
-def toy2d_distribution() -> RealDistribution:
-    """The 25-mode grid as a mixture: equal weights, isotropic components of std TOY2D_STD."""
-    mean, cov = toy2d_moments()
+def toy2d_distribution(std: float = TOY2D_STD) -> RealDistribution:
+    """The 25-mode grid as a mixture: equal weights, isotropic components of std ``std`` (data.mode_std)."""
+    mean, cov = toy2d_moments(std)
     k = len(TOY2D_MODES)
     return RealDistribution(mean, cov, np.full(k, 1.0 / k), TOY2D_MODES.copy(),
-                            np.tile(TOY2D_STD**2 * np.eye(2), (k, 1, 1)))
+                            np.tile(std**2 * np.eye(2), (k, 1, 1)))

@@ -29,7 +29,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 from mad import seeding
 from mad.divergence import DivergedError
-from mad.config import ModelConfig, SampleConfig, Scheduler, TrainConfig, sampling_steps
+from mad.config import ClassBalance, ModelConfig, SampleConfig, Scheduler, TrainConfig, sampling_steps
 from mad.pixels import resolve_device as _resolve_device, to_uint8, to_unit_range
 from mad.progress import progress_bar
 from mad.models.training import index_batches, make_ema
@@ -324,7 +324,14 @@ def _make_scheduler(model: ModelConfig, sample: SampleConfig, conditional: bool)
     return sched, True
 
 
-def _draw_labels(n: int, num_classes: int, class_probs: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+def _draw_labels(n: int, num_classes: int, class_probs: np.ndarray | None, rng: np.random.Generator,
+                 exact: bool = False) -> np.ndarray:
+    if exact:
+        # n // K labels of every class, the n % K left over to distinct classes drawn at random, shuffled:
+        # a sample shard whose size is a multiple of K is exactly balanced
+        extra = rng.choice(num_classes, size=n % num_classes, replace=False)
+        labels = np.concatenate([np.repeat(np.arange(num_classes), n // num_classes), extra])
+        return rng.permutation(labels).astype(np.int64)
     if class_probs is None:
         return rng.integers(0, num_classes, size=n, dtype=np.int64)
     p = np.asarray(class_probs, dtype=np.float64)
@@ -349,7 +356,8 @@ def sample(
     """Draw ``n`` images (uint8 NCHW) and their labels (int64, or None when unconditional).
 
     Deterministic for the same weights, seed and batch size. Labels are uniform over the
-    classes unless ``class_probs`` (e.g. the real class histogram) is given.
+    classes unless ``class_probs`` (e.g. the real class histogram) is given, or exactly balanced
+    (n // K of each class, shuffled) with ``sample.class_balance=exact``.
     """
     if not (0.0 < sample.bias <= 1.0):
         raise ValueError(f"sample.bias must be in (0, 1], got {sample.bias}")
@@ -357,7 +365,8 @@ def sample(
     conditional = is_conditional(model, num_classes)
     net = _load_unet(state, model, image_shape, num_classes).to(dev).eval()
     rng = seeding.rng(seed, 0)
-    labels = _draw_labels(n, num_classes, class_probs, rng) if conditional else None
+    exact = sample.class_balance == ClassBalance.exact
+    labels = _draw_labels(n, num_classes, class_probs, rng, exact) if conditional else None
     # initial latents from a CPU generator: the same seed gives the same latents on any device
     latent_gen = torch.Generator().manual_seed(seeding.derive_seed64(seed, 1))
     step_gen = torch.Generator(device=dev).manual_seed(seeding.derive_seed64(seed, 2))  # DDPM's per-step noise
