@@ -406,6 +406,9 @@ class MetricsConfig:
     # Sample-based metrics (FID, PRDC, class metrics) every k-th generation and at the last one;
     # 0 = never. Closed-form metrics (the Gaussian's w2) are computed every generation regardless.
     every: int = _key(1, check=Check(lambda v: v >= 0, "must be 0 (never) or positive"))
+    # KID (unbiased MMD^2, torch-fidelity's estimator): the mean over this many random subsets (0: no KID)
+    kid_subsets: int = _key(100, check=AT_LEAST_0)
+    kid_subset_size: Optional[int] = _key(None, check=POSITIVE)  # rows per set in a subset; None: half the smaller set
 
 
 @dataclass
@@ -1330,6 +1333,11 @@ def _check_sizes(cfg: Config) -> None:
     if m.k >= d.n_reference:
         raise ConfigError("metrics.k", f"must be smaller than data.n_reference ({d.n_reference}): the k-NN "
                                        f"radii of the reference set need k others, got {m.k}")
+    if m.kid_subsets < 0:
+        raise ConfigError("metrics.kid_subsets", f"must be 0 (no KID) or positive, got {m.kid_subsets}")
+    if m.kid_subset_size is not None and not 2 <= m.kid_subset_size <= min(m.n_eval, d.n_reference):
+        raise ConfigError("metrics.kid_subset_size", f"must be null or in [2, {min(m.n_eval, d.n_reference)}] "
+                                                     f"(metrics.n_eval and data.n_reference), got {m.kid_subset_size}")
     from mad.models import min_train_samples  # the family says what one fit needs
 
     need = min_train_samples(cfg.model.family)

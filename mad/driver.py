@@ -581,7 +581,7 @@ class Driver:
         from mad.tasks import cached_classifier
 
         state = cached_classifier(pool, metrics)
-        ref = stages.prepare_reference.remote(ref_x, ref_y, pool_ref, metrics, state)
+        ref = stages.prepare_reference.remote(ref_x, ref_y, pool_ref, metrics, state, self.cfg.seed)
         if state is None and metrics.features.value == "classifier":
             self._to_cache[ref] = metrics.cache_dir
         return ref

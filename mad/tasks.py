@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from mad import seeding
-from mad.config import (CorrectConfig, CorrectKind, CurateConfig, Features, MetricsConfig, ModelConfig, Reward,
+from mad.config import (CorrectConfig, CorrectKind, CurateConfig, DataName, Features, MetricsConfig, ModelConfig, Reward,
                         SampleConfig, TrainConfig, TrainInit)
 from mad.divergence import check_samples, check_state
 from mad.data import RealPool
@@ -266,12 +266,35 @@ def evaluate_generation(job: EvalJob, reference: Any, state: dict, shards: Seque
     return {k: None if v is None else v if isinstance(v, list) else float(v) for k, v in out.items()}
 
 
-def prepare_reference(ref_x, ref_y, pool: RealPool, metrics: MetricsConfig, classifier_state: Optional[dict] = None):
-    """The metrics' reference; a task writes nothing (the driver caches a newly trained classifier)."""
+FLOOR_KEY = 1  # seeding key of the floor's real draw, under seeding.EVAL (nonzero: see numpy's trailing zeros)
+
+
+def floor_sample(pool: RealPool, seed: int, n: int) -> Optional[np.ndarray]:
+    """``n`` real samples for the FID floor: from the training pool, which the reference set is held out
+    of (so the two are disjoint), drawn with their own seed (no chain's draw is keyed like this); None
+    when a finite pool holds fewer than ``n``."""
+    from mad.data import vectors
+
+    seq = seeding.seed_sequence(seed, seeding.EVAL, FLOOR_KEY)
+    if pool.x is not None:
+        if len(pool.x) < n:
+            return None
+        return pool.x[np.random.default_rng(seq).choice(len(pool.x), n, replace=False)]
+    if pool.name == DataName.toy2d.value:
+        return vectors.draw_toy2d(n, seq)
+    return vectors.draw_gaussian(pool.mean, pool.cov, n, np.random.default_rng(seq))
+
+
+def prepare_reference(ref_x, ref_y, pool: RealPool, metrics: MetricsConfig, classifier_state: Optional[dict] = None,
+                      seed: int = 0):
+    """The metrics' reference, with the run's FID floor (``metrics.n_eval`` real samples of the pool
+    scored against the reference set, drawn from the run's ``seed``); a task writes nothing (the
+    driver caches a newly trained classifier)."""
     from mad.metrics import prepare_reference as _prepare
 
     return _prepare(ref_x, ref_y, pool.x, pool.y, metrics, pool.num_classes or None,
-                    classifier_state=classifier_state, use_cache=False)
+                    classifier_state=classifier_state, use_cache=False,
+                    floor_x=floor_sample(pool, seed, int(metrics.n_eval)))
 
 
 def cached_classifier(pool: RealPool, metrics: MetricsConfig) -> Optional[dict]:

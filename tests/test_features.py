@@ -122,7 +122,7 @@ def test_classifier_metrics_through_the_driver_api(digits, cache_dir, trained):
     ref = pickle.loads(pickle.dumps(ref))
 
     real = evaluate(ref, xtr[:500], ytr[:500], cfg)  # a perfect "generator": fresh real digits
-    expected_keys = {"fid", "precision", "recall", "density", "coverage",
+    expected_keys = {"fid", "kid", "kid_se", "precision", "recall", "density", "coverage",
                      "class_entropy", "class_kl", "mean_confidence", "label_accuracy", "class_hist"}
     assert set(real) == expected_keys and all(type(v) is float for k, v in real.items() if k != "class_hist")
     # the predicted-class fractions (the report's class-drift heatmap), consistent with the entropy
@@ -201,6 +201,6 @@ def test_inception_fid_equals_clean_fid_compute_fid(tmp_path):
                              custom_feat_extractor=load_inception("cpu"), num_workers=0, batch_size=32,
                              device=torch.device("cpu"), verbose=False)
     assert ref.feats.shape == (8, 2048) and ref.extractor_state == {"kind": "inception"}
-    assert set(out) == {"fid", "precision", "recall", "density", "coverage"}
+    assert set(out) == {"fid", "kid", "kid_se", "precision", "recall", "density", "coverage"}
     assert out["fid"] == pytest.approx(theirs, rel=1e-3)
     assert theirs > 1.0  # the two folders differ: the comparison is not 0 == 0

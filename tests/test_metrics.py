@@ -311,7 +311,7 @@ def test_prepare_reference_and_evaluate_on_raw_vectors():
     ref = prepare_reference(ref_x, None, None, None, cfg, None)
     assert ref.features_kind == "raw" and ref.extractor_state is None and ref.class_hist is None
     same = evaluate(ref, ref_x, None, cfg)
-    assert set(same) == {"fid", "precision", "recall", "density", "coverage"}
+    assert set(same) == {"fid", "kid", "kid_se", "precision", "recall", "density", "coverage"}
     assert all(type(v) is float for v in same.values())
     assert abs(same["fid"]) < 1e-8 and same["precision"] == 1.0 and same["recall"] == 1.0
     shifted = rng.standard_normal((600, 3)) + np.array([4.0, 0.0, 0.0])
@@ -392,3 +392,92 @@ def test_phase_metric_w2_fit_is_what_phase_csv_uses(tmp_path):
                  and r["n_synth"] == int(row["n_synth"])]
         want = np.mean([r["w2_fit"] for r in chain if r["gen"] >= 3])
         assert float(row["limit"]) == pytest.approx(want, rel=1e-5)
+
+
+
+# ----------------------------------------------------------------------------- KID and the real-vs-real floor
+def _torch_fidelity_kid(a, b, subsets, m):
+    tf = pytest.importorskip("torch_fidelity.metric_kid",
+                             reason="torch-fidelity is the dev-only KID reference (pip install -e '.[dev]')")
+    out = tf.kid_features_to_metric(torch.from_numpy(a), torch.from_numpy(b), kid_subsets=subsets,
+                                    kid_subset_size=m, rng_seed=2020, verbose=False, kid_kernel="poly",
+                                    kid_kernel_poly_degree=3, kid_kernel_poly_gamma=None, kid_kernel_poly_coef0=1)
+    return out["kernel_inception_distance_mean"], out["kernel_inception_distance_std"]
+
+
+@pytest.mark.parametrize("full_kernel_max", [4096, 10])  # the indexed kernels, and torch-fidelity's per-subset way
+def test_kid_equals_torch_fidelity_on_fixed_features(full_kernel_max, monkeypatch):
+    import mad.metrics.kid as kid_module
+
+    monkeypatch.setattr(kid_module, "_FULL_KERNEL_MAX", full_kernel_max)
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((300, 24)) @ np.diag(np.linspace(0.5, 2.0, 24))
+    b = 1.1 * rng.standard_normal((220, 24)) + 0.2
+    for subsets, m in ((40, 60), (25, 220)):
+        want = _torch_fidelity_kid(a, b, subsets, m)
+        got = kid_module.kid(a, b, subsets=subsets, subset_size=m)
+        assert got[0] == pytest.approx(want[0], rel=1e-6, abs=1e-12)
+        assert got[1] == pytest.approx(want[1], rel=1e-6, abs=1e-12)
+
+
+def test_evaluate_records_torch_fidelitys_kid_with_the_configured_subsets():
+    rng = np.random.default_rng(4)
+    ref_x = rng.standard_normal((400, 6))
+    fake = 0.8 * rng.standard_normal((150, 6)) + 0.3
+    cfg = MetricsConfig(features=Features.raw, n_eval=150, kid_subsets=30)  # subset size: half of 150
+    out = evaluate(prepare_reference(ref_x, None, None, None, cfg, None), fake, None, cfg)
+    want = _torch_fidelity_kid(ref_x, fake, 30, 75)
+    assert out["kid"] == pytest.approx(want[0], rel=1e-6) and out["kid_se"] == pytest.approx(want[1], rel=1e-6)
+    # a generated set of another size gets its own subsets (the reference's plan is for 150 rows)
+    other = evaluate(prepare_reference(ref_x, None, None, None, cfg, None), fake[:100], None, cfg)
+    assert other["kid"] == pytest.approx(_torch_fidelity_kid(ref_x, fake[:100], 30, 50)[0], rel=1e-6)
+    off = MetricsConfig(features=Features.raw, n_eval=150, kid_subsets=0)
+    assert "kid" not in evaluate(prepare_reference(ref_x, None, None, None, off, None), fake, None, off)
+
+
+def test_floor_samples_are_real_and_disjoint_from_the_reference():
+    from mad.config import DataConfig, DataName
+    from mad.data import load_real
+    from mad.tasks import floor_sample, prepare_reference as task_reference
+
+    pool, (ref_x, _) = load_real(DataConfig(name=DataName.digits, n_reference=300), seed=0)
+    floor = floor_sample(pool, 0, 300)
+    pool_rows = {x.tobytes() for x in pool.x}
+    floor_rows = {x.tobytes() for x in floor}
+    assert floor_rows <= pool_rows and len(floor_rows) == 300  # 300 distinct real training-pool images
+    assert not floor_rows & {x.tobytes() for x in ref_x}  # none of them in the reference set
+    assert floor_sample(pool, 0, len(pool.x) + 1) is None
+    cfg = MetricsConfig(features=Features.raw, n_eval=300)
+    ref = task_reference(ref_x, None, pool, cfg, None, seed=0)
+    assert ref.floor["fid_floor"] == pytest.approx(fid_from_features(ref_x.reshape(300, -1), floor.reshape(300, -1)),
+                                                   rel=1e-6)
+    assert ref.floor["kid_floor"] == pytest.approx(_torch_fidelity_kid(
+        ref_x.reshape(300, -1).astype(np.float64), floor.reshape(300, -1).astype(np.float64), 100, 150)[0], rel=1e-6)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_the_real_vs_real_floor_is_in_records_summary_and_report(tmp_path):
+    import csv
+    import json
+
+    from mad.config import load_config
+    from mad.data import load_real
+    from mad.driver import Driver
+    from mad.tasks import floor_sample
+
+    run = tmp_path / "run"
+    cfg = load_config("configs/experiment/gaussian.yaml",
+                      ["data.dim=3", "loop.generations=3", "loop.n_init=40", "metrics.n_eval=60", "data.n_reference=80",
+                       "sweep={}", "sweep.seed=[0,1]", "seed=5", "report.tensorboard=false", "report.progress=false",
+                       f"out={run}"])
+    Driver(cfg, quiet=True).run()
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(recs) == 6 and len({r["fid_floor"] for r in recs}) == 1 and len({r["kid_floor"] for r in recs}) == 1
+    pool, (ref_x, _) = load_real(cfg.data, 5)  # the run's seed picks the reference and the floor's draw
+    floor = floor_sample(pool, 5, 60)
+    assert recs[0]["fid_floor"] == pytest.approx(fid_from_features(ref_x, floor), rel=1e-6)
+    assert recs[0]["kid_floor"] == pytest.approx(_torch_fidelity_kid(ref_x, floor, 100, 30)[0], rel=1e-6)
+    rows = [r for r in csv.DictReader((run / "summary.csv").open()) if r["metric"] == "fid_floor"]
+    assert len(rows) == 3 and all(float(r["mean"]) == pytest.approx(recs[0]["fid_floor"]) for r in rows)
+    page = (run / "report.html").read_text()
+    assert "real vs real: fid" in page and "real vs real: kid" in page

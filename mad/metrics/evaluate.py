@@ -21,6 +21,7 @@ from mad.metrics.features import (
     train_classifier,
 )
 from mad.metrics.frechet import feature_stats, fid_to_reference, frechet_distance, sqrt_psd
+from mad.metrics.kid import KIDPlan, default_subset_size, kid_plan, kid_score
 from mad.metrics.prdc import compute_knn_sq_radii, prdc
 
 __all__ = ["Reference", "prepare_reference", "evaluate", "extract_features", "class_metrics", "sample_confidence"]
@@ -43,6 +44,9 @@ class Reference:
     sample_shape: tuple | None = None  # shape of one reference sample, to catch mismatched inputs
     sigma_sqrt: np.ndarray | None = None  # sqrt_psd(sigma), so FID costs one eigvalsh per generation
     heldout: np.ndarray | None = None  # vector data: the reference points themselves (float64), for held-out NLL
+    kid_plan: KIDPlan | None = None  # KID's subsets for metrics.n_eval generated samples (None: no KID)
+    # the floor: fid / kid of real samples disjoint from the reference set, as many as are scored
+    floor: dict | None = None
 
 
 def _features_kind(cfg: MetricsConfig, x: Any) -> Features:
@@ -124,9 +128,22 @@ def class_metrics(probs: np.ndarray, real_hist: np.ndarray, y: Any = None) -> di
     return out
 
 
+def _kid_plan_for(feats: np.ndarray, n2: int, cfg: MetricsConfig) -> KIDPlan | None:
+    """KID's subsets for ``n2`` generated rows against the reference ``feats`` (None: no KID configured,
+    or too few rows for two per subset)."""
+    if cfg.kid_subsets <= 0 or min(len(feats), n2) < 2:
+        return None
+    return kid_plan(feats, n2, cfg.kid_subsets, _subset_size(len(feats), n2, cfg))
+
+
+def _subset_size(n1: int, n2: int, cfg: MetricsConfig) -> int:
+    m = default_subset_size(n1, n2) if cfg.kid_subset_size is None else cfg.kid_subset_size
+    return max(2, min(m, n1, n2))
+
+
 def prepare_reference(ref_x: Any, ref_y: Any, train_x: Any, train_y: Any, cfg: MetricsConfig,
                       num_classes: int | None, classifier_state: dict | None = None,
-                      use_cache: bool = True) -> Reference:
+                      use_cache: bool = True, floor_x: Any = None) -> Reference:
     """Features and statistics of the held-out reference set, computed once per run.
 
     With ``features=classifier`` the classifier is ``classifier_state`` when given (the driver
@@ -134,7 +151,11 @@ def prepare_reference(ref_x: Any, ref_y: Any, train_x: Any, train_y: Any, cfg: M
     when ``use_cache`` (a direct call), without touching disk when not (inside a task, whose
     result's ``extractor_state`` the driver caches). The reference class histogram is the
     classifier's own predictions on ``ref_x``: generated samples are judged by the same
-    instrument, so its few errors cancel instead of showing up as a KL."""
+    instrument, so its few errors cancel instead of showing up as a KL.
+
+    ``floor_x``: real samples disjoint from ``ref_x`` (``metrics.n_eval`` of them), scored once like a
+    generated set: ``fid_floor`` and ``kid_floor`` are what a perfect model would get at this sample
+    size (FID's small-sample bias), added to every scored generation's record."""
     kind = _features_kind(cfg, ref_x)
     state: dict | None = None
     class_hist: np.ndarray | None = None
@@ -160,13 +181,31 @@ def prepare_reference(ref_x: Any, ref_y: Any, train_x: Any, train_y: Any, cfg: M
     sq_radii = compute_knn_sq_radii(feats, k) if len(feats) > k else None
     shape = tuple(np.shape(ref_x)[1:])
     heldout = np.asarray(ref_x, dtype=np.float64) if len(shape) == 1 else None
-    return Reference(kind.value, feats, mu, sigma, class_hist, state, sq_radii, k, shape, sqrt_psd(sigma),
-                     heldout=heldout)
+    ref = Reference(kind.value, feats, mu, sigma, class_hist, state, sq_radii, k, shape, sqrt_psd(sigma),
+                    heldout=heldout, kid_plan=_kid_plan_for(feats, int(cfg.n_eval), cfg))
+    if floor_x is not None and len(floor_x) >= 2:
+        floor_feats, _ = extract_features(kind, floor_x, state)
+        ref.floor = {"fid_floor": fid_to_reference(mu, sigma, ref.sigma_sqrt, floor_feats)}
+        kid_out = _kid(ref, floor_feats, cfg)
+        if kid_out is not None:
+            ref.floor["kid_floor"] = kid_out[0]
+    return ref
+
+
+def _kid(reference: Reference, feats: np.ndarray, cfg: MetricsConfig) -> tuple[float, float] | None:
+    """(kid, kid_se) of generated ``feats``: the reference's plan when it fits this many rows, else a new one."""
+    if cfg.kid_subsets <= 0:
+        return None
+    plan = reference.kid_plan
+    if plan is None or not plan.fits(len(feats), cfg.kid_subsets, _subset_size(len(reference.feats), len(feats), cfg)):
+        plan = _kid_plan_for(reference.feats, len(feats), cfg)
+    return None if plan is None else kid_score(plan, reference.feats, feats)
 
 
 def evaluate(reference: Reference, x: Any, y: Any, cfg: MetricsConfig) -> dict[str, Any]:
     """Metrics of generated samples ``x`` (labels ``y`` or None) against the prepared reference:
-    fid, precision, recall, density, coverage; with classifier features also class_entropy,
+    fid, kid and kid_se (unless ``metrics.kid_subsets=0``), fid_floor and kid_floor (when the reference
+    has a floor), precision, recall, density, coverage; with classifier features also class_entropy,
     class_kl, mean_confidence (and label_accuracy when ``y`` is given) and ``class_hist``, the
     predicted-class fractions as a list. Plain floats otherwise."""
     kind = _features_kind(cfg, x)
@@ -190,6 +229,11 @@ def evaluate(reference: Reference, x: Any, y: Any, cfg: MetricsConfig) -> dict[s
     else:  # a Reference built by hand, without the precomputed square root
         fid = frechet_distance(reference.mu, reference.sigma, *feature_stats(feats))
     out = {"fid": fid}
+    kid_out = _kid(reference, feats, cfg)
+    if kid_out is not None:
+        out["kid"], out["kid_se"] = kid_out
+    if reference.floor:
+        out.update(reference.floor)
     out.update(prdc(reference.feats, feats, k, real_sq_radii=radii))
     if probs is not None and reference.class_hist is not None:
         out.update(class_metrics(probs, reference.class_hist, y))

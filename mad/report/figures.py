@@ -272,12 +272,37 @@ def metric_lines(run: RunData, groups: list[Group], metric: str, band: str = "me
         lines.append(Line(x=gens, y=centre, label=f"{g.label} ({what}, {len(g.chains)} seeds)", group=g.label,
                           color=g.color, dash=g.dash, role="mean", hover=g.label, lo=lo, hi=hi,
                           extra={"counts": counts, "band": band, "partial": partial, "seeds": len(g.chains)}))
+    lines += floor_lines(run, groups, metric)
     if metric == "trace_ratio":
         lines += [t for t in (theory_trace_ratio(run, g) for g in groups) if t is not None]
     elif metric in ("logdet_ratio", "logdet_ratio_per_dim"):
         per_dim = metric == "logdet_ratio_per_dim"
         lines += [t for t in (theory_logdet_ratio(run, g, per_dim) for g in groups) if t is not None]
     return lines
+
+
+def floor_lines(run: RunData, groups: list[Group], metric: str) -> list[Line]:
+    """The metric's real-vs-real floor (``names.FLOORS``: e.g. ``fid_floor``, the FID of real samples
+    disjoint from the reference set, as many as are scored) as a horizontal line over the generations
+    drawn; one line per distinct value (a comparison of runs may hold several)."""
+    key = names.FLOORS.get(metric)
+    if key is None:
+        return []
+    gens: list[int] = []
+    values: dict[float, None] = {}
+    for g in groups:
+        for c in g.chains:
+            for gen in c.done:
+                v = run.value(c.name, gen, key)
+                if v is not None:
+                    values.setdefault(v)
+                    gens.append(gen)
+    if not values:
+        return []
+    lo, hi = min(gens), max(gens)
+    return [Line(x=[lo, hi], y=[v, v], label=f"real vs real: {metric} {v:.3g} (floor)", group=f"floor {v:.6g}",
+                 color="#555555", dash="dot", role="floor",
+                 hover=f"{metric} of real samples vs the reference set (the floor)") for v in values]
 
 
 def _rgba(hex_color: str, alpha: float) -> str:
@@ -309,6 +334,8 @@ def _plotly_traces(line: Line, metric: str, axis: str, legend_shown: set[str], m
     if line.role == "theory":
         style = {"line": {"color": "black", "dash": line.dash, "width": 1.5},
                  "marker": {"symbol": "x", "size": 6 if markers else 0, "color": "black"}}
+    elif line.role == "floor":
+        style = {"line": {"color": line.color, "dash": line.dash, "width": 1.5}, "marker": {"size": 0}}
     else:
         size = 5 if markers else 0
         style = {"line": {"color": line.color, "dash": line.dash, "width": 2.5 if line.role == "mean" else 2},

@@ -13,9 +13,15 @@ from typing import Any, Optional
 # Dotted keys (the sweep assignment) are never metrics either, nor are non-numbers (class_hist).
 NON_METRIC_KEYS = frozenset({"chain", "loop", "seed", "bias", "gen", "n_real", "n_synth", "synth_size", "wall_s",
                              "time", "family", "data", "index", "name", "real_seen_frac", "class_hist",
-                             "stage_produced", "stage_kept", "stage_changed"})
+                             "stage_produced", "stage_kept", "stage_changed",
+                             # companions of a metric, drawn in its panel rather than as their own
+                             "fid_floor", "kid_floor", "kid_se"})
+# A metric -> the key of its real-vs-real floor (the same metric of real samples disjoint from the
+# reference set, as many as are scored): drawn as a horizontal line in the metric's panel.
+FLOORS = {"fid": "fid_floor", "kid": "kid_floor"}
+COMPANION_KEYS = ("fid_floor", "kid_floor", "kid_se")  # not panels, but in summary.csv
 CLASS_HIST_KEY = "class_hist"  # the generated samples' predicted-class fractions (classifier features)
-METRIC_ORDER = ("fid", "precision", "recall", "density", "coverage", "w2", "w2_fit", "trace_ratio",
+METRIC_ORDER = ("fid", "kid", "precision", "recall", "density", "coverage", "w2", "w2_fit", "trace_ratio",
                 "logdet_ratio", "logdet_ratio_per_dim", "mean_shift", "class_entropy", "class_kl", "mean_confidence", "label_accuracy",
                 "nll")
 TABLE_METRICS = ("fid", "precision", "recall", "w2", "trace_ratio")  # the headline numbers, in this order
@@ -24,7 +30,7 @@ HEATMAP_PREFERENCE = ("fid", "w2")
 
 # Titles. {features} is replaced by the feature space for metrics computed on features.
 TITLES = {
-    "fid": "FID ({features})", "precision": "precision ({features})", "recall": "recall ({features})",
+    "fid": "FID ({features})", "kid": "KID ({features})", "precision": "precision ({features})", "recall": "recall ({features})",
     "density": "density ({features})", "coverage": "coverage ({features})",
     "w2": "W2 to the real distribution",  # of the sampler N(μ, λΣ)
     "w2_fit": "W2 of the fit N(μ, Σ), no λ",
@@ -33,14 +39,16 @@ TITLES = {
     "class_entropy": "class entropy (nats)", "class_kl": "KL(real classes ‖ generated classes)",
     "mean_confidence": "classifier confidence", "label_accuracy": "label accuracy", "wall_s": "wall time (s)",
     "nll": "held-out NLL (nats per sample)",
+    "fid_floor": "FID of real vs real ({features})", "kid_floor": "KID of real vs real ({features})",
+    "kid_se": "KID's std over subsets ({features})",
 }
 FEATURE_SPACES = {"raw": "raw data", "classifier": "LeNet features", "inception": "Inception features"}
 
-LOWER_IS_BETTER = frozenset({"fid", "w2", "w2_fit", "class_kl", "nll", "wall_s"})
+LOWER_IS_BETTER = frozenset({"fid", "kid", "w2", "w2_fit", "class_kl", "nll", "wall_s"})
 HIGHER_IS_BETTER = frozenset({"precision", "recall", "density", "coverage", "class_entropy", "mean_confidence",
                               "label_accuracy"})
 HINTS = {  # shown next to the panel titles so a reader knows which way is good
-    "fid": "lower is better", "w2": "lower is better", "w2_fit": "lower is better", "class_kl": "lower is better",
+    "fid": "lower is better", "kid": "lower is better, 0 = real", "w2": "lower is better", "w2_fit": "lower is better", "class_kl": "lower is better",
     "mean_shift": "0 is ideal", "trace_ratio": "1 is ideal", "logdet_ratio": "0 is ideal",
     "logdet_ratio_per_dim": "0 is ideal", "precision": "quality, higher is better",
     "recall": "diversity, higher is better", "density": "higher is better", "coverage": "higher is better",

@@ -45,6 +45,8 @@ def draw_panel(ax, metric: str, lines: Sequence[Line], features: Optional[str], 
         style = MPL_DASHES.get(line.dash, "-")
         if line.role == "chain":
             ax.plot(x, y, color=line.color, linestyle=style, linewidth=0.6, alpha=0.3)
+        elif line.role == "floor":  # the real-vs-real floor of FID / KID
+            ax.plot(x, y, color=line.color, linestyle=":", linewidth=1.0, label="real vs real", zorder=2)
         elif line.role == "theory":
             ax.plot(x, y, color="black", linestyle=style, linewidth=1.0, marker="x" if markers else None,
                     markersize=3, label="theory", zorder=3)

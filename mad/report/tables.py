@@ -10,8 +10,8 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from mad.report.names import METRIC_HINTS, PAPER_METRICS, TABLE_METRICS, feature_space, title
-from mad.report.read import MAX_PREVIEW_GENS, RunData, select_gens
+from mad.report.names import COMPANION_KEYS, METRIC_HINTS, PAPER_METRICS, TABLE_METRICS, feature_space, title
+from mad.report.read import MAX_PREVIEW_GENS, RunData, _finite, select_gens
 
 
 def text_table(run: RunData, metrics: Optional[Iterable[str]] = None, max_gens: int = MAX_PREVIEW_GENS) -> str:
@@ -56,6 +56,8 @@ def summary_rows(run: RunData, metrics: Optional[Iterable[str]] = None) -> list[
     from mad.report.figures import group_chains
 
     shown = list(run.metrics if metrics is None else metrics)
+    if metrics is None:  # the companions (the FID floor, KID's spread) are no panels, but rows here
+        shown += [k for k in COMPANION_KEYS if any(_finite(r.get(k)) is not None for r in run.rows.values())]
     rows = []
     for g in group_chains(run):
         gens = sorted({gen for c in g.chains for gen in c.done})
