@@ -2,7 +2,7 @@
 """Entry point: ``python run.py [CONFIG.yaml] [dotted.key=value ...] [--dry-run]``; see mad/cli.py."""
 import sys
 
-from mad.cli import main
+from mad.cli import program
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(program())

@@ -9,18 +9,26 @@ Exit status and stderr:
 * 2: bad input (config, ``out``, the data): one line on stderr, before anything is written;
 * 1: a failure during the run (a task's exception, a full disk, a permission error): one line
   naming what failed (a task's full traceback is written under ``RUN_DIR/errors/``);
-* 130: interrupted (Ctrl-C): one line; rerunning the same command resumes.
+* 130 (SIGINT, Ctrl-C) or 143 (SIGTERM): interrupted, one line; rerunning the same command resumes.
+  A signal after the run's last line (``mad: done ...``) is ignored: the run has finished, the exit
+  status is its own and nothing more is printed (see :func:`program`).
 """
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, NoReturn, Optional
 
 INTERRUPTED = "interrupted; rerun the same command to resume"
+TERMINATED = "terminated (SIGTERM); rerun the same command to resume"
+SIGNAL_EXIT = {signal.SIGINT: (130, INTERRUPTED), signal.SIGTERM: (143, TERMINATED)}
+EXIT_GRACE_S = 1.0  # after a signal, the process ends this soon even if the interrupt is swallowed
 
 USAGE = """usage: python run.py [CONFIG.yaml] [dotted.key=value ...] [--dry-run] [--quiet] [--no-repair]
        python run.py report RUN_DIR [RUN_DIR ...] [--out DIR] [--band mean_std|median_iqr]
@@ -32,7 +40,8 @@ Runs the self-consuming loop described by CONFIG (default configs/default.yaml).
   --quiet      no progress output; only where the run directory and its report are, at the end
   --no-repair  on resume, stop (exit 2) when a finished generation's files fail their checksums,
                instead of recomputing that generation and the chain's later ones
-Exit status: 0 done, 1 a chain failed (diverged; see its FAILED.json), 2 bad input or unusable run directory.
+Exit status: 0 done, 1 a chain failed (diverged; see its FAILED.json), 2 bad input or unusable run directory,
+  130 interrupted (Ctrl-C), 143 terminated (SIGTERM); rerun the same command to resume.
 report: writes RUN_DIR/report.html and RUN_DIR/summary.csv and prints the per-generation table;
   --figures F  paper figures (the FID/precision/recall panels, one per metric, samples) under figures/
   --dpi N      their resolution (default 200; --png is --figures png)
@@ -92,8 +101,13 @@ def _fail(msg: str) -> int:
     return 2
 
 
+def console_script() -> NoReturn:
+    """The ``mad`` console script's entry point: :func:`console` under :func:`program`'s signal handling."""
+    program(console)
+
+
 def console(argv: Optional[List[str]] = None) -> int:
-    """The ``mad`` console script: ``mad run|report|verify ...``, each with ``--help``."""
+    """The ``mad`` command: ``mad run|report|verify ...``, each with ``--help``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         return _fail("mad needs a command: run, report or verify (mad --help)")
@@ -114,6 +128,76 @@ def console(argv: Optional[List[str]] = None) -> int:
     if command in ("report", "verify"):
         return main(argv, prog="mad")
     return _fail(f"unknown command {command!r}: choose run, report or verify (mad --help)")
+
+
+def program(entry: Any = None) -> NoReturn:
+    """``run.py`` (and, with ``entry=console``, the ``mad`` command): :func:`main` with SIGINT and
+    SIGTERM stopping the run in every path.
+
+    Both are handled from the start, also when the parent ignored SIGINT (``cmd &`` in a script does
+    that, and a ``kill -INT`` would then go unheard): the handler raises KeyboardInterrupt, so the
+    driver's ``finally`` blocks run, and arms a timer that ends the process with the same one line
+    should the interrupt be swallowed on its way (a ``__del__``, a callback inside Ray). Once the
+    driver has printed its last line (``Driver.complete``), both signals are ignored: the run has
+    finished and the process ends at once with its own status, without a traceback. SIGKILL is
+    mad.reaper's business.
+    """
+    for signum in SIGNAL_EXIT:
+        signal.signal(signum, _on_signal)
+    try:
+        rc = (entry or main)()
+    finally:
+        _ignore_signals()
+    # Finished: end now, with the run's status. Ray's shutdown (1-2 s) would put SIGTERM's default
+    # action back (a kill then, exit 143 without a line), and the interpreter's teardown of torch
+    # only costs time; mad.reaper ends a local Ray's processes and removes its folder once this
+    # process is gone, as it does however the driver ends.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    logging.shutdown()
+    os._exit(rc)
+
+
+_received: Optional[int] = None  # the signal that is stopping this process
+_driver: Any = None  # the run's Driver, once made: its ``complete`` says the run has finished
+_exiting = threading.Lock()
+
+
+def _ignore_signals() -> None:
+    for signum in SIGNAL_EXIT:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    global _received
+    if getattr(_driver, "complete", False):
+        _ignore_signals()
+        return
+    if _received is not None:  # a second signal, or the first one's interrupt went astray
+        _exit_now(flush=False)
+    _received = signum
+    timer = threading.Timer(EXIT_GRACE_S, _exit_now, kwargs={"flush": False})
+    timer.daemon = True
+    timer.start()
+    raise KeyboardInterrupt
+
+
+def _exit_now(flush: bool = True) -> None:
+    """The one line and the exit status of the signal received (SIGINT when the interrupt came
+    another way); once per process, whichever thread comes first."""
+    _exiting.acquire()  # never released: the holder ends the process
+    code, msg = SIGNAL_EXIT.get(_received if _received is not None else signal.SIGINT)
+    if flush:  # the main thread; the timer's thread must not wait on a buffer the main thread holds
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+    os.write(2, f"error: {msg}\n".encode())
+    os._exit(code)
 
 
 def main(argv: Optional[List[str]] = None, prog: str = "python run.py") -> int:
@@ -139,15 +223,12 @@ def main(argv: Optional[List[str]] = None, prog: str = "python run.py") -> int:
 
 
 def _interrupted() -> int:
-    """Ctrl-C: one line, exit 130. Every write of the run directory is atomic, so stopping here is
-    as safe as a kill; ``os._exit`` skips Ray's shutdown hooks, whose messages about the
-    interrupted tasks would bury the line (the private Ray dies with this process, see mad.reaper)."""
-    print(f"error: {INTERRUPTED}", file=sys.stderr, flush=True)
-    try:
-        sys.stdout.flush()
-    except Exception:
-        pass
-    os._exit(130)
+    """Ctrl-C or SIGTERM: one line, exit 130 or 143. Every write of the run directory is atomic, so
+    stopping here is as safe as a kill; ``os._exit`` skips Ray's shutdown hooks, whose messages
+    about the interrupted tasks would bury the line (the private Ray dies with this process, see
+    mad.reaper)."""
+    _exit_now()
+    return 130  # not reached
 
 
 def _os_error_line(err: OSError) -> str:
@@ -264,7 +345,8 @@ def _run(argv: List[str]) -> int:
     from mad.data import DataError, DataUnavailableError
     from mad.driver import Driver, StageFailed
 
-    driver = Driver(cfg, quiet=quiet, repair="--no-repair" not in flags)
+    global _driver
+    driver = _driver = Driver(cfg, quiet=quiet, repair="--no-repair" not in flags)
     try:
         driver.run()
     except (ResumeError, DataUnavailableError, DataError, ConfigError) as err:  # ConfigError: a folder pool too small

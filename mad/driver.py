@@ -201,6 +201,7 @@ class Driver:
         self._eta = TimeLeft(self._clock)  # the run's one time-left figure, once per update
         self._runs: list[ChainRun] = []
         self._blocks: list[Block] = []
+        self.complete = False  # the run has printed its last line: what is left is shutting down
 
     # ------------------------------------------------------------------ setup
     def _verify(self) -> None:
@@ -505,6 +506,7 @@ class Driver:
 
             store = self.cfg.report.tracker_dir or root / MLFLOW_DIR
             lines.append(f"mad: mlflow ui --backend-store-uri {mlflow_uri(store)}")
+        self.complete = True  # a signal from now on finds the run finished (mad.cli ignores it)
         print("\n".join(lines), flush=True)
 
     def _fail_chain(self, name: str, gen: int, err: DivergedError) -> None:

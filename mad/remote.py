@@ -12,6 +12,7 @@ processes and removes that folder when the driver exits, however it exits.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -83,9 +84,9 @@ def init(cfg: RayConfig, quiet: bool = False, dashboard: bool = False) -> None:
     runtime_env = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning",
                                 "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}}
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=not quiet,
-                 logging_level="ERROR" if quiet else "INFO")
-        _terminate_like_ctrl_c()
+        with _keep_sigterm_handler():
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=not quiet,
+                     logging_level="ERROR" if quiet else "INFO")
         return
     # A local Ray keeps its files out of the user's home folder: session files under a temp
     # dir, and the auth token in this process's environment (inherited by Ray's processes)
@@ -105,24 +106,37 @@ def init(cfg: RayConfig, quiet: bool = False, dashboard: bool = False) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     atexit.register(shutdown)
     # The dashboard costs start-up time; Ray Train's bookkeeping needs its state API.
-    ray.init(num_cpus=cfg.num_cpus, include_dashboard=dashboard,
-             runtime_env=runtime_env, log_to_driver=not quiet,
-             logging_level="ERROR" if quiet else "WARNING", configure_logging=True)
-    _terminate_like_ctrl_c()
+    with _keep_sigterm_handler():
+        ray.init(num_cpus=cfg.num_cpus, include_dashboard=dashboard,
+                 runtime_env=runtime_env, log_to_driver=not quiet,
+                 logging_level="ERROR" if quiet else "WARNING", configure_logging=True)
 
 
-def _terminate_like_ctrl_c() -> None:
-    """SIGTERM (a batch system, ``kill``) ends the driver as Ctrl-C does, with the same one line,
-    instead of the stack dump of the handler ``ray.init`` installs."""
+@contextlib.contextmanager
+def _keep_sigterm_handler():
+    """SIGTERM (a batch system, ``kill``) ends the driver as Ctrl-C does, with one line, instead of
+    the ``sys.exit(15)`` of the handler ``ray.init`` installs: the handler in place before
+    ``ray.init`` (mad.cli's) is put back after it, and a SIGTERM that Ray's handler caught during
+    ``ray.init`` is handed to it. Without one (an embedding program), SIGTERM raises
+    KeyboardInterrupt."""
     import signal
 
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
+    before = signal.getsignal(signal.SIGTERM)
+    if not callable(before):
+        def before(signum, frame):
+            raise KeyboardInterrupt
     try:
-        signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (an embedding program): keep Ray's handler
-        pass
+        yield
+    except SystemExit as err:  # Ray's handler ran: sys.exit(SIGTERM)
+        if err.code != signal.SIGTERM:
+            raise
+        before(signal.SIGTERM, None)
+        raise KeyboardInterrupt from None
+    finally:
+        try:
+            signal.signal(signal.SIGTERM, before)
+        except ValueError:  # not the main thread (an embedding program): keep Ray's handler
+            pass
 
 
 def shutdown() -> None:

@@ -30,12 +30,13 @@ def ray_base():
     shutil.rmtree(base, ignore_errors=True)
 
 
-def _start(*args: str) -> subprocess.Popen:
+def _start(*args: str, preexec_fn=None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_TMPDIR", None)
     # its own session: a SIGINT to its process group is what Ctrl-C in a terminal sends
     return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=preexec_fn)
 
 
 def _wait_for(chain_glob: str, gens: int, root: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
@@ -72,27 +73,58 @@ def _ray_root_of(pid: int) -> str:
     raise AssertionError(f"no Ray child of {pid} found")
 
 
-def test_sigint_exits_130_with_one_line_and_resumes_identically(tmp_path, ray_base):
-    gens = 30
-    cmd = [*GAUSS, f"loop.generations={gens}", f"ray.temp_dir={ray_base}"]
-    run, ref = tmp_path / "run", tmp_path / "ref"
-    interrupted = _start(*cmd, f"out={run}")
+# issue 25 case 5: a 6-D Gaussian fresh-data sweep of 3 seeds, run in chain blocks
+FRESH = ["configs/experiment/gaussian_fresh.yaml", "data.dim=6", "sweep={seed: [0, 1, 2]}",
+         "report.tensorboard=false", "report.html=false"]
+LINES = {signal.SIGINT: (130, "error: interrupted; rerun the same command to resume"),
+         signal.SIGTERM: (143, "error: terminated (SIGTERM); rerun the same command to resume")}
+STOP_S = 2.0  # a signal stops a run within this
+
+
+def _ignoring_sigint() -> None:
+    """What ``cmd &`` in a script does to its command: SIGINT ignored from the start."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _wait_gone(root: Path, timeout: float = 10) -> None:
+    """mad.reaper ends a local Ray and removes its folder once the driver is gone: wait for it."""
+    deadline = time.monotonic() + timeout
+    while (session_processes(str(root)) or root.exists()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def test_sigint_and_sigterm_stop_a_block_run_in_2s_with_one_line_and_resume_identically(tmp_path, ray_base):
+    gens, signal_after = 40, 20
+    cmd = [*FRESH, f"loop.generations={gens}", f"ray.temp_dir={ray_base}"]
+    ref = tmp_path / "ref"
     undisturbed = _start(*cmd, f"out={ref}", "--quiet")
-    _wait_for("c00-*", 2, run, interrupted)
-    os.killpg(interrupted.pid, signal.SIGINT)
-    _, err = interrupted.communicate(timeout=120)
-    assert interrupted.returncode == 130, err[-3000:]
-    assert err.strip().splitlines() == ["error: interrupted; rerun the same command to resume"], err[-3000:]
-    done_then = n_finished(run, "c00-*")
-    assert 2 <= done_then < gens, "the interrupt came too late to test anything"
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        run = tmp_path / signum.name
+        # SIGINT to the driver alone, whose parent ignored SIGINT: the issue's run went on for 70 s
+        proc = _start(*cmd, f"out={run}", preexec_fn=_ignoring_sigint)
+        _wait_for("*", signal_after, run, proc)
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=120)
+        took = time.monotonic() - sent
+        code, line = LINES[signum]
+        assert proc.returncode == code, err[-3000:]
+        assert err.strip().splitlines() == [line], err[-3000:]
+        assert took < STOP_S, f"{signum.name}: the driver took {took:.2f}s to stop"
+        assert "[block of " in out  # the chains ran in blocks
+        assert signal_after <= n_finished(run) < 3 * gens, "the signal came too late to test anything"
 
     assert undisturbed.wait(timeout=600) == 0, undisturbed.communicate()[1][-3000:]
-    again = run_cli(*cmd, f"out={run}", "--quiet", timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert _records(run) == _records(ref)
-    assert len(_records(run)) == gens
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        run = tmp_path / signum.name
+        again = run_cli(*cmd, f"out={run}", "--quiet", timeout=600)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert _records(run) == _records(ref)
+        assert len(_records(run)) == 3 * gens
     # every local Ray of these runs ended and left no folder; the parent is private to the user
     parent = ray_base / f"mad-ray-{os.getuid()}"
+    for root in list(parent.iterdir()):
+        _wait_gone(root)
     assert list(parent.iterdir()) == []
     assert parent.stat().st_mode & 0o777 == 0o700
 
@@ -147,3 +179,47 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path):
         assert "No space left on device" in lines[0] and str(small / "run") in lines[0], lines[0]
     finally:
         subprocess.run(["umount", str(small)], capture_output=True)
+
+
+def _read_until(proc: subprocess.Popen, prefix: str) -> list[str]:
+    """The driver's stdout lines up to the first that starts with ``prefix``."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith(prefix):
+            return seen
+    raise AssertionError(f"no line {prefix!r}: {''.join(seen)[-2000:]}{proc.communicate()[1][-2000:]}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_once_the_run_has_finished_exits_0_without_a_line(tmp_path, ray_base, signum):
+    """The issue's SIGTERM in the last ~2 s: exit 0 with a traceback, 143 without a line, 130 after the end."""
+    run = tmp_path / "run"
+    proc = _start(*FRESH, "loop.generations=3", f"ray.temp_dir={ray_base}", f"out={run}", "--quiet")
+    _read_until(proc, "mad: done")  # the run's last line but the report's: everything is written
+    sent = 0
+    while proc.poll() is None:  # signals all through the shutdown, until the process is gone
+        proc.send_signal(signum)
+        sent += 1
+        time.sleep(0.002)
+    _, err = proc.communicate(timeout=60)
+    assert sent >= 1
+    assert proc.returncode == 0, err[-3000:]
+    assert err == "", err[-3000:]
+    assert n_finished(run) == 9
+
+
+def test_sigterm_while_ray_starts_is_143_with_one_line(tmp_path, ray_base):
+    """Ray's own SIGTERM handler (``sys.exit(15)``) is in place while ``ray.init`` runs."""
+    run = tmp_path / "run"
+    proc = _start(*FRESH, "loop.generations=3", f"ray.temp_dir={ray_base}", f"out={run}")
+    _read_until(proc, "mad: connecting")
+    time.sleep(0.3)  # inside ray.init: it takes seconds
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    took = time.monotonic() - sent
+    assert proc.returncode == 143, err[-3000:]
+    assert err.strip().splitlines() == [LINES[signal.SIGTERM][1]], err[-3000:]
+    assert took < STOP_S, f"took {took:.2f}s"
+    assert n_finished(run) == 0  # it was stopped before the first generation
