@@ -407,7 +407,7 @@ def _torch_fidelity_kid(a, b, subsets, m):
 
 @pytest.mark.parametrize("full_kernel_max", [4096, 10])  # the indexed kernels, and torch-fidelity's per-subset way
 def test_kid_equals_torch_fidelity_on_fixed_features(full_kernel_max, monkeypatch):
-    import mad.metrics.kid as kid_module
+    import mad.metrics.mmd as kid_module
 
     monkeypatch.setattr(kid_module, "_FULL_KERNEL_MAX", full_kernel_max)
     rng = np.random.default_rng(3)
