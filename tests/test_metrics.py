@@ -407,7 +407,7 @@ def _torch_fidelity_kid(a, b, subsets, m):
 
 @pytest.mark.parametrize("full_kernel_max", [4096, 10])  # the indexed kernels, and torch-fidelity's per-subset way
 def test_kid_equals_torch_fidelity_on_fixed_features(full_kernel_max, monkeypatch):
-    import mad.metrics.kid as kid_module
+    import mad.metrics.mmd as kid_module
 
     monkeypatch.setattr(kid_module, "_FULL_KERNEL_MAX", full_kernel_max)
     rng = np.random.default_rng(3)
@@ -481,3 +481,18 @@ def test_the_real_vs_real_floor_is_in_records_summary_and_report(tmp_path):
     assert len(rows) == 3 and all(float(r["mean"]) == pytest.approx(recs[0]["fid_floor"]) for r in rows)
     page = (run / "report.html").read_text()
     assert "real vs real: fid" in page and "real vs real: kid" in page
+
+
+@pytest.mark.parametrize("override,message", [
+    ("metrics.kid_subset_size=501", r"^metrics.kid_subset_size: must be null or in \[2, 500\]"),
+    ("metrics.kid_subset_size=1", r"^metrics.kid_subset_size: must be null or in \[2, 500\]"),
+    ("metrics.kid_subsets=-1", r"^metrics.kid_subsets: must be 0 \(no KID\) or positive"),
+    ("model.kde.rule=silverman", r"^model.kde.rule: Invalid value 'silverman', expected one of \[scott_std, scott\]"),
+])
+def test_kid_and_kde_keys_are_checked_at_load_time(override, message):
+    from mad.config import ConfigError, load_config
+
+    base = ["data.name=toy2d", "model.family=kde", "metrics.features=raw", "sweep={}"]
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(None, [*base, override])
+    assert "\n" not in str(err.value)

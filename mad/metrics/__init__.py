@@ -28,7 +28,7 @@ from mad.metrics.frechet import (
     gaussian_w2,
     sqrt_psd,
 )
-from mad.metrics.kid import kid
+from mad.metrics.mmd import kid
 from mad.metrics.prdc import compute_knn_sq_radii, prdc
 
 __all__ = [

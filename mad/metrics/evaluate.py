@@ -21,7 +21,7 @@ from mad.metrics.features import (
     train_classifier,
 )
 from mad.metrics.frechet import feature_stats, fid_to_reference, frechet_distance, sqrt_psd
-from mad.metrics.kid import KIDPlan, default_subset_size, kid_plan, kid_score
+from mad.metrics.mmd import KIDPlan, default_subset_size, kid_plan, kid_score
 from mad.metrics.prdc import compute_knn_sq_radii, prdc
 
 __all__ = ["Reference", "prepare_reference", "evaluate", "extract_features", "class_metrics", "sample_confidence"]
