@@ -407,7 +407,7 @@ class MetricsConfig:
     # 0 = never. Closed-form metrics (the Gaussian's w2) are computed every generation regardless.
     every: int = _key(1, check=Check(lambda v: v >= 0, "must be 0 (never) or positive"))
     # KID (unbiased MMD^2, torch-fidelity's estimator): the mean over this many random subsets (0: no KID)
-    kid_subsets: int = _key(100, check=AT_LEAST_0)
+    kid_subsets: int = _key(100, check=Check(lambda v: v >= 0, "must be 0 (no KID) or positive"))
     kid_subset_size: Optional[int] = _key(None, check=POSITIVE)  # rows per set in a subset; None: half the smaller set
 
 

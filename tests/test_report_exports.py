@@ -258,7 +258,7 @@ def test_log_axes_tick_at_one_two_five(gauss_run):
 
 def test_a_run_that_never_scores_samples_still_gets_its_report(tmp_path):
     """metrics.every=0: the last generation draws no samples at all; the report must not choke on that."""
-    from tests.conftest import run_cli
+    from conftest import run_cli
 
     out = tmp_path / "run"
     proc = run_cli("configs/experiment/gaussian.yaml", "sweep={}", "loop.generations=3", "metrics.every=0",
