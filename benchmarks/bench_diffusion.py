@@ -29,7 +29,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mad.config import DataConfig, DataName, Family, ModelConfig, SampleConfig, TrainConfig  # noqa: E402
+from mad.config import DataConfig, DataName, Family, ModelConfig, SampleConfig, Scheduler, TrainConfig  # noqa: E402
 from mad.data.images import load_images  # noqa: E402
 from mad.models.diffusion import build_unet, sample, to_uint8, to_unit_range, train  # noqa: E402
 
@@ -125,7 +125,7 @@ def main() -> None:
     model = ModelConfig(family=Family.diffusion, channels=[16, 32], num_train_timesteps=1000)
     steps = 10 if args.quick else 60
     tcfg = TrainConfig(steps=steps, batch_size=64, lr=1e-3)
-    scfg = SampleConfig(steps=20, batch_size=250)
+    scfg = SampleConfig(scheduler=Scheduler.ddim, steps=20, batch_size=250)
     n_sample = 50 if args.quick else 500
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
     print(f"digits 8x8, UNet channels {model.channels}, T={model.num_train_timesteps}, batch {tcfg.batch_size}, {steps} steps per timing\n")
@@ -153,7 +153,7 @@ def main() -> None:
             lambda: baseline_sample(state, n_sample, k, shape, model, scfg, seed=0),
             work=n_sample, rounds=rounds, unit="img/s",
         )
-        guided = SampleConfig(steps=20, batch_size=250, bias=0.5)
+        guided = SampleConfig(scheduler=Scheduler.ddim, steps=20, batch_size=250, bias=0.5)
         wall, cpu = timed_cpu(lambda: sample(state, n_sample, k, shape, model, guided, seed=0, device="cpu"))
         print(f"{'DDIM sample lambda=0.5 (CFG, 2x batch)':<40} mad {n_sample / cpu:7.1f} img/s (cpu) {n_sample / wall:7.1f} (wall)")
 
@@ -171,7 +171,7 @@ def main() -> None:
         print(f"{threads} thread(s): {'train n=1000 batch=32, per 1000 steps':<42} wall {wall * scale:6.1f} s   cpu {cpu * scale:6.1f} s", flush=True)
         state = train(tx, ty, k, model, TrainConfig(steps=2, batch_size=8), seed=0, device="cpu")
         for lam in (1.0, 0.5):
-            cfg = SampleConfig(steps=20, batch_size=250, bias=lam)
+            cfg = SampleConfig(scheduler=Scheduler.ddim, steps=20, batch_size=250, bias=lam)
             wall, cpu = timed_cpu(lambda: sample(state, 1000, k, shape, model, cfg, seed=0, device="cpu"))
             print(f"{threads} thread(s): {f'sample n=1000 DDIM 20 steps lambda={lam}':<42} wall {wall:6.1f} s   cpu {cpu:6.1f} s", flush=True)
     print(f"\nload average {os.getloadavg()[0]:.2f} at end")

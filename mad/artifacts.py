@@ -43,6 +43,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 CONFIG = "config.yaml"
+SCIENCE = "science.yaml"  # the science keys of the config the records were computed under; never rewritten
 CHAINS = "chains.json"
 METRICS = "metrics.jsonl"
 RECORDS = "records.jsonl"
@@ -65,9 +67,10 @@ SPARE = ".gen_spare"  # an emptied generation directory kept for reuse while the
 LOCK = ".lock"
 PREVIEW_SIZE = 64
 HASH = "sha256"
+_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW  # appends never follow a planted link
 _NUMPY_DTYPES: frozenset = frozenset()  # torch dtypes safetensors.numpy writes alike (filled on first use)
 # Written by a run besides its chain directories; removed when an unfinished run is replaced.
-_RUN_LEVEL_OUTPUTS = (CHAINS, METRICS, "report.html", "tensorboard", "figures")
+_RUN_LEVEL_OUTPUTS = (SCIENCE, CHAINS, METRICS, "report.html", "tensorboard", "figures")
 
 
 class ResumeError(RuntimeError):
@@ -164,7 +167,7 @@ def _write_kept(path: str, data: bytes) -> None:
     name (the driver holds the run's lock, so nothing else writes there) and no mkstemp, ~5x faster."""
     tmp = f"{path}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -213,6 +216,8 @@ class RunDir:
         self.replaced: Optional[list[str]] = None  # set when an unfinished run with another config was replaced
         self._kept: dict[str, dict[str, tuple[int, dict]]] = {}  # chain -> the files it keeps (open_chain)
         self._spares: set[str] = set()  # chains with an empty spare generation directory (see _make_gen_dir)
+        self.science_sha: Optional[str] = None  # SHA-256 of science.yaml, stamped on every new record line
+        self.config_edited: Optional[list[str]] = None  # science keys config.yaml had changed (rewritten on resume)
 
     # --------------------------------------------------------------- run level
     def exists(self) -> bool:
@@ -225,6 +230,8 @@ class RunDir:
         PID and host; it changes nothing. Creates the directory when it does not exist yet.
         """
         path = self.root / LOCK
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise ResumeError(_not_regular(path))
         if self.root.exists() and not path.exists() and not (self.root / CONFIG).exists() \
                 and self.root.is_dir() and any(self.root.iterdir()):
             raise ResumeError(f"{self.root} exists, is not empty and holds no {CONFIG}; use another out=")
@@ -232,10 +239,16 @@ class RunDir:
             self._created = not self.root.exists()
             self._lock_created = not path.exists()
             self.root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            # never through a link (it would truncate a file elsewhere); O_NONBLOCK: a FIFO does not hang
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
         except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise ResumeError(_not_regular(path)) from None
             raise ResumeError(f"{path}: cannot create the run directory's lock file "
                               f"({err.strerror or err})") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ResumeError(_not_regular(path))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
@@ -248,6 +261,24 @@ class RunDir:
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode())
         self._lock_fd = fd
+
+    def links(self) -> list[Path]:
+        """Every symbolic link inside the run directory (the directory itself may be one)."""
+        found = []
+        if not self.root.is_dir():
+            return found
+        for top, dirs, files in os.walk(self.root):  # links to directories are listed, not followed
+            found += [Path(top, n) for n in (*dirs, *files) if os.path.islink(os.path.join(top, n))]
+        return sorted(found)
+
+    def refuse_links(self) -> None:
+        """ResumeError naming the first link planted in the run directory: the driver and the report
+        write only files of their own, never through a link to a file elsewhere."""
+        found = self.links()
+        if found:
+            more = f" ({len(found) - 1} more link(s))" if len(found) > 1 else ""
+            raise ResumeError(f"{found[0]}: a symbolic link inside the run directory{more}; its files must be its "
+                              "own (nothing is written through a link): remove it")
 
     def unlock(self) -> None:
         """Release the lock. A driver that was refused (or failed) before writing anything removes
@@ -264,42 +295,103 @@ class RunDir:
         os.close(self._lock_fd)
         self._lock_fd = None
 
-    def check_or_write_config(self, config_yaml: str, science: dict, science_of_existing) -> bool:
-        """Write config.yaml for a new run; for an existing run check it describes the same science.
+    def stored_science(self) -> Optional[bytes]:
+        """science.yaml as written when the run was created, or None (a run from before it)."""
+        try:
+            return (self.root / SCIENCE).read_bytes()
+        except FileNotFoundError:
+            return None
 
-        Returns True when resuming. ``science_of_existing(text) -> dict`` parses the stored config.
-        A run with another config that never finished a generation (it failed early) is replaced:
-        its outputs are removed and ``self.replaced`` lists the keys that differed.
+    def check_or_write_config(self, config_yaml: str, science: dict, science_of_existing,
+                              science_yaml: Optional[str] = None) -> bool:
+        """Write config.yaml (and science.yaml) for a new run; for an existing run check it describes
+        the same science.
+
+        Returns True when resuming. ``science_of_existing(text) -> dict`` parses a stored config.
+        science.yaml, the science keys the run was created with, is never rewritten: the records
+        carry its SHA-256 (``self.science_sha``), so it is what a resume compares against; an edited
+        config.yaml is rewritten (``self.config_edited`` lists the keys it had changed). A run with
+        another config that never finished a generation (it failed early) is replaced: its outputs
+        are removed and ``self.replaced`` lists the keys that differed.
         """
         path = self.root / CONFIG
         if path.is_file():
-            try:
-                old = science_of_existing(path.read_text())
-            except Exception as err:  # unreadable or not YAML: name the file, no traceback
-                raise ResumeError(f"{path}: not a readable config ({' '.join(str(err).split())[:200]}); "
-                                  "restore it or use another out=") from None
-            if not isinstance(old, dict):
-                raise ResumeError(f"{path}: not a config mapping; restore it or use another out=")
-            if old != science:
-                diff = sorted(k for k in set(old) | set(science) if old.get(k) != science.get(k))
+            old = self._science_of(path, science_of_existing)
+            stored = self.stored_science()
+            ref = old if stored is None else self._science_of(self.root / SCIENCE, science_of_existing)
+            if ref != science:
+                diff = _differing(ref, science)
                 if self._any_done():
+                    from mad.config import science_diff  # every key that differs: "key: A in the run, B now"
+
+                    lines = science_diff(ref, science)
+                    shown = "; ".join(lines[:5]) + (f"; and {len(lines) - 5} more" if len(lines) > 5 else "")
                     raise ResumeError(
-                        f"{self.root} holds a run with a different config (differs in: {', '.join(diff)}); "
+                        f"{self.root} holds a run with a different config (differs in: {shown}); "
                         "use another out= or delete it"
                     )
                 self._clear_unfinished()
                 self.replaced = diff
-                self._wrote = True
-                write_text(path, config_yaml)
+                self._write_config(config_yaml, science_yaml)
                 return False
+            if stored is not None and old != ref:
+                self.config_edited = _differing(old, ref)
             self._wrote = True
             write_text(path, config_yaml)  # refresh non-science keys (report, ray, resources, out)
+            if stored is None:
+                if science_yaml is not None:  # a run from before science.yaml: bound from now on
+                    write_text(self.root / SCIENCE, science_yaml)
+                    self.science_sha = hashlib.new(HASH, science_yaml.encode()).hexdigest()
+            else:
+                self.science_sha = hashlib.new(HASH, stored).hexdigest()
             return True
         if self.root.exists() and any(p.name != LOCK for p in self.root.iterdir()):
             raise ResumeError(f"{self.root} exists, is not empty and holds no {CONFIG}; use another out=")
-        self._wrote = True
-        write_text(path, config_yaml)
+        self._write_config(config_yaml, science_yaml)
         return False
+
+    def _write_config(self, config_yaml: str, science_yaml: Optional[str]) -> None:
+        self._wrote = True
+        write_text(self.root / CONFIG, config_yaml)  # first: a directory holding it is a run directory
+        if science_yaml is not None:
+            write_text(self.root / SCIENCE, science_yaml)
+            self.science_sha = hashlib.new(HASH, science_yaml.encode()).hexdigest()
+
+    def _science_of(self, path: Path, science_of_existing) -> dict:
+        try:
+            got = science_of_existing(path.read_text())
+        except Exception as err:  # unreadable or not YAML: name the file, no traceback
+            raise ResumeError(f"{path}: not a readable config ({' '.join(str(err).split())[:200]}); "
+                              "restore it or use another out=") from None
+        if not isinstance(got, dict):
+            raise ResumeError(f"{path}: not a config mapping; restore it or use another out=")
+        return got
+
+    def binding_problem(self, chain: str, state: "ChainState", science_sha: Optional[str],
+                        science_missing: bool = False) -> Optional[str]:
+        """One line when the chain's finished generations are not this chain's of this run: a record of
+        another chain (directories moved or swapped), or one computed under another config than
+        science.yaml (``science_sha``; None: not checked). Lines from before the binding carry no
+        config hash; their metrics record still names the chain."""
+        where = self.root / chain / (RECORDS if state.layout == "records" else "")
+        for f in state.finished:
+            owner = (f.metrics or {}).get("chain")
+            if owner is not None and owner != chain:
+                return (f"{where}: generation {f.gen} is chain {owner}'s, not {chain}'s (chain directories moved "
+                        "or swapped); put them back or use another out=")
+            if science_sha is not None and f.config is not None and f.config != science_sha:
+                if science_missing:
+                    return (f"{self.root / SCIENCE}: missing, and generation {f.gen} of chain {chain} was computed "
+                            f"under another config than this one ({where}); restore it or use another out=")
+                return (f"{where}: generation {f.gen} of chain {chain} was computed under another config "
+                        f"(sha256 {f.config[:12]}...; this run's {SCIENCE}: {science_sha[:12]}...): a chain "
+                        f"directory of another run, or {SCIENCE} edited; restore it or use another out=")
+        info = self.read_failed(chain)
+        owner = info.get("chain") if info else None
+        if isinstance(owner, str) and owner != chain:
+            return (f"{self.root / chain / FAILED}: records chain {owner}'s failure, not {chain}'s (chain "
+                    "directories moved or swapped); put them back or use another out=")
+        return None
 
     def _any_done(self) -> bool:
         return (any(True for _ in self.root.glob(f"*/gen_*/{DONE}"))
@@ -317,11 +409,58 @@ class RunDir:
             if d.is_dir() and ((d / FAILED).exists() or (d / RECORDS).exists() or any(d.glob("gen_*"))):
                 shutil.rmtree(d)
 
+    def metrics_generations(self) -> dict[str, set[int]]:
+        """chain -> the generations metrics.jsonl names (its lines are appended after their commit, so
+        a generation it names that records.jsonl lacks was finished and then lost)."""
+        named: dict[str, set[int]] = {}
+        try:
+            text = (self.root / METRICS).read_text(errors="replace")
+        except OSError:
+            return named
+        for line in text.splitlines():
+            try:
+                rec = json.loads(line)
+                named.setdefault(str(rec["chain"]), set()).add(int(rec["gen"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+        return named
+
+    def lost_line(self, chain: str, gens: list[int]) -> str:
+        """One line naming the chain, the file and the finished generations it no longer holds."""
+        d = self.root / chain
+        where = (f"{d}: chain directory missing" if not d.is_dir() else
+                 f"{d / RECORDS}: missing" if self.layout(chain) == "none" else f"{d / RECORDS}: cut short")
+        return (f"{where}; {len(gens)} finished generation(s) of chain {chain} lost: {_ranges(gens)} "
+                f"({METRICS} names them)")
+
     def write_chains(self, chains: list[dict]) -> None:
         write_json(self.root / CHAINS, chains)
 
     def rewrite_metrics(self, records: Iterable[dict]) -> None:
         write_text(self.root / METRICS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+    def rewrite_metrics_if_idle(self, records: Iterable[dict]) -> bool:
+        """Rebuild metrics.jsonl from the records (the report's repair) unless a driver holds the lock,
+        which rebuilds it itself when it starts; True when rebuilt. The lock file is not created."""
+        try:
+            fd: Optional[int] = os.open(self.root / LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            fd = None
+        except OSError:  # a link or something else planted as .lock: leave the directory alone
+            return False
+        try:
+            if fd is not None:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    return False
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    return False
+            self.rewrite_metrics(records)
+            return True
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     # --------------------------------------------------------------- chain level
     def write_failed(self, chain: str, info: dict) -> Path:
@@ -347,7 +486,7 @@ class RunDir:
         """Append records already dumped as JSON (a slice of a chain block) with one write; readers see whole lines."""
         path = self.root / METRICS
         try:
-            with open(path, "a") as f:
+            with os.fdopen(os.open(path, _APPEND, 0o644), "a") as f:
                 f.write("".join(line + "\n" for line in lines))
         except OSError as err:
             if err.filename is None:  # a failed write(): say which file (ENOSPC)
@@ -413,12 +552,13 @@ class RunDir:
         if (state.layout == "dirs" or not state.clean or n < len(state.finished) or missing
                 or (finished and not finished[-1].commit)):
             lines = [f.raw if f.raw is not None else _encode_line(f.gen, True, _dumps(f.manifest),
-                                                                  _dumps(f.metrics), f.files, f.drop)
+                                                                  _dumps(f.metrics), f.files, f.drop,
+                                                                  self.science_sha)
                      for f in finished]
             if finished:
                 last = finished[-1]
                 lines[-1] = _encode_line(last.gen, True, _dumps(last.manifest), _dumps(last.metrics),
-                                         last.files, sorted({*last.drop, *missing}))
+                                         last.files, sorted({*last.drop, *missing}), last.config or self.science_sha)
                 _atomic_write_bytes(d / RECORDS, b"".join(line + b"\n" for line in lines))
             elif (d / RECORDS).exists():
                 (d / RECORDS).unlink()
@@ -472,10 +612,10 @@ class RunDir:
         for i, (g, digests) in enumerate(zip(gens, written)):
             commit = i == len(gens) - 1
             lines.append(_encode_line(g.gen, commit, _dumps(g.manifest), g.metrics_json, digests,
-                                      sorted(drop) if commit else []))
+                                      sorted(drop) if commit else [], self.science_sha))
         path = os.path.join(d, RECORDS)
         try:
-            with open(path, "ab") as f:
+            with os.fdopen(os.open(path, _APPEND, 0o644), "ab") as f:
                 f.write(b"".join(line + b"\n" for line in lines))
         except OSError as err:
             if err.filename is None:  # a failed write(): say which file (ENOSPC)
@@ -622,6 +762,7 @@ class Finished:
     drop: list[str]  # files of earlier generations its commit removed (artifacts.keep_* = last)
     commit: bool
     raw: Optional[bytes] = None  # its line as written, without the newline
+    config: Optional[str] = None  # the SHA-256 of the run's science.yaml it was computed under (None: older line)
 
 
 @dataclass
@@ -660,10 +801,14 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True)
 
 
-def _encode_line(gen: int, commit: bool, manifest_json: str, metrics_json: str, files: dict, drop: list) -> bytes:
-    """One line: a head the report reads without parsing the rest, and the SHA-256 of the rest."""
-    payload = ('{"drop":%s,"files":%s,"manifest":%s,"metrics":%s}'
-               % (json.dumps(drop), _dumps(files), manifest_json, metrics_json)).encode()
+def _encode_line(gen: int, commit: bool, manifest_json: str, metrics_json: str, files: dict, drop: list,
+                 config: Optional[str] = None) -> bytes:
+    """One line: a head the report reads without parsing the rest, and the SHA-256 of the rest. The
+    rest names the run it belongs to (``config``: the SHA-256 of its science.yaml) and, in its
+    metrics record, the chain."""
+    bound = "" if config is None else '"config":"%s",' % config
+    payload = ('{%s"drop":%s,"files":%s,"manifest":%s,"metrics":%s}'
+               % (bound, json.dumps(drop), _dumps(files), manifest_json, metrics_json)).encode()
     return b'{"gen":%d,"commit":%s,"sha256":"%s","rec":%s}' % (
         gen, b"true" if commit else b"false", hashlib.new(HASH, payload).hexdigest().encode(), payload)
 
@@ -682,8 +827,9 @@ def _parse_line(line: bytes, full: bool) -> tuple[Optional[Finished], Optional[s
     try:
         rec = json.loads(payload)
         files = {str(k): {"size": int(v["size"]), HASH: str(v[HASH])} for k, v in rec["files"].items()}
+        config = rec.get("config")
         entry = Finished(gen, dict(rec["metrics"]), dict(rec["manifest"]), files, [str(p) for p in rec["drop"]],
-                         commit, line)
+                         commit, line, None if config is None else str(config))
     except (ValueError, KeyError, TypeError, AttributeError):
         return head, f"generation {gen}: not a valid record"
     return entry, None
@@ -743,6 +889,49 @@ def _check_file(p: Path, want: dict) -> Optional[str]:
     return None
 
 
+def _differing(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested config mappings."""
+    out = []
+    for k in sorted(set(a) | set(b), key=str):
+        va, vb = a.get(k), b.get(k)
+        if va == vb:
+            continue
+        if isinstance(va, dict) and isinstance(vb, dict) and va and vb:
+            out += _differing(va, vb, f"{prefix}{k}.")
+        else:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def _ranges(gens: list[int]) -> str:
+    """[1, 2, 3, 7] -> "1-3, 7"."""
+    out, gens = [], sorted(gens)
+    i = 0
+    while i < len(gens):
+        j = i
+        while j + 1 < len(gens) and gens[j + 1] == gens[j] + 1:
+            j += 1
+        out.append(str(gens[i]) if i == j else f"{gens[i]}-{gens[j]}")
+        i = j + 1
+    return ", ".join(out)
+
+
+def _get(d: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+
+def _show(v: Any) -> str:
+    text = json.dumps(v, sort_keys=True, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _not_regular(path: Path) -> str:
+    kind = "a symbolic link" if path.is_symlink() else "not a regular file"
+    return f"{path}: {kind}; the run directory's lock must be a file of its own: remove it"
+
+
 def _rmdir_if_empty(d: Path) -> None:
     try:
         d.rmdir()
@@ -753,9 +942,13 @@ def _rmdir_if_empty(d: Path) -> None:
 def verify_run(root: str | os.PathLike) -> tuple[list[str], str]:
     """Check a whole run directory as resume does: (one line per problem, a summary line).
 
-    Problems: a finished generation's record line or kept file that is not the one written (named),
-    and a metrics.jsonl that does not hold exactly the finished generations' records. Failed and
-    unfinished chains (a torn last line included) are facts, not problems; the summary counts them.
+    Problems: a finished generation's record line or kept file that is not the one written (named);
+    records of another chain or run (moved, swapped or copied chain directories); a config.yaml whose
+    science keys differ from science.yaml, which the records carry the SHA-256 of; finished
+    generations lost (metrics.jsonl names them, the chain's records.jsonl or directory no longer
+    holds them: the chain, the file and the generations are named); a metrics.jsonl that does not
+    hold exactly the finished generations' records. Failed and unfinished chains (a torn last line
+    included) are facts, not problems; the summary counts them.
     """
     rd = RunDir(root)
     if not rd.exists():
@@ -765,10 +958,17 @@ def verify_run(root: str | os.PathLike) -> tuple[list[str], str]:
     except (OSError, ValueError, KeyError, TypeError):
         names = sorted(d.name for d in rd.root.iterdir()
                        if d.is_dir() and ((d / RECORDS).is_file() or any(d.glob("gen_*"))))
-    problems: list[str] = []
+    problems: list[str] = [f"{p}: a symbolic link inside the run directory (its files must be its own; a run "
+                           "refuses it)" for p in rd.links()]
+    stored = rd.stored_science()
+    sha = None if stored is None else hashlib.new(HASH, stored).hexdigest()
+    if stored is not None:
+        problems += config_problems(rd.root)
     records: dict[tuple[str, int], dict] = {}
     marked: set[tuple[str, int]] = set()
     n_failed = 0
+    bound = False  # some record carries a config hash: science.yaml must be there
+    foreign_chains: set[str] = set()
     for name in names:
         if rd.layout(name) == "records":
             try:
@@ -776,7 +976,13 @@ def verify_run(root: str | os.PathLike) -> tuple[list[str], str]:
             except OSError as err:
                 problems.append(f"{rd.root / name / RECORDS}: unreadable ({err.strerror or err})")
                 continue
+            bound = bound or any(f.config is not None for f in state.finished)
             problems += [p for _, p in state.problems] + [p for _, p in rd.check_files(name, state)]
+            foreign = rd.binding_problem(name, state, sha)
+            if foreign:  # its lines are another chain's: what they hold or lack says nothing about this one
+                problems.append(foreign)
+                foreign_chains.add(name)
+                continue
             for f in state.finished:
                 marked.add((name, f.gen))
                 records[(name, f.gen)] = f.metrics
@@ -792,7 +998,15 @@ def verify_run(root: str | os.PathLike) -> tuple[list[str], str]:
                     records[(name, gen)] = rd.read_generation_metrics(name, gen)
                 except (OSError, ValueError) as err:
                     problems.append(f"{rd.gen_dir(name, gen) / GEN_METRICS}: unreadable ({err})")
+            owners = {str(r.get("chain")) for (c, _), r in records.items()
+                      if c == name and isinstance(r, dict) and r.get("chain") is not None}
+            if owners - {name}:
+                problems.append(f"{rd.root / name}: holds generations of chain {sorted(owners - {name})[0]}, not "
+                                f"{name} (chain directories moved or swapped); put them back or use another out=")
         n_failed += rd.read_failed(name) is not None
+    if bound and stored is None:
+        problems.append(f"{rd.root / SCIENCE}: missing (the records carry the SHA-256 of the config they were "
+                        "computed under; restore it)")
     lines: dict[tuple[str, int], dict] = {}
     bad_lines = 0
     try:
@@ -805,14 +1019,45 @@ def verify_run(root: str | os.PathLike) -> tuple[list[str], str]:
             lines[(str(rec["chain"]), int(rec["gen"]))] = rec
         except (ValueError, KeyError, TypeError):
             bad_lines += 1
+    lost: dict[str, list[int]] = {}
+    marked.update(k for k in lines if k[0] in foreign_chains)
+    for chain, gen in sorted(k for k in lines if k not in marked and k[0] in names):
+        lost.setdefault(chain, []).append(gen)
+    for chain, gens in lost.items():
+        problems.append(f"{rd.lost_line(chain, gens)}; a resume recomputes them")
     mismatched = sorted(k for k in records if lines.get(k) != records[k])
-    extra = sorted(k for k in lines if k not in marked)  # (a corrupt generation's line is no extra problem)
+    extra = sorted(k for k in lines if k not in marked and k[0] not in lost)  # (a corrupt generation's line is no extra problem)
     if mismatched or extra or bad_lines:
         problems.append(f"{rd.root / METRICS}: {len(mismatched)} finished generation(s) missing or different, "
                         f"{len(extra) + bad_lines} other line(s) (a resume rebuilds it)")
     summary = (f"{rd.root}: {len(marked)} finished generation(s) of {len(names)} chain(s) checked, "
                f"{len(problems)} problem(s)" + (f"; {n_failed} chain(s) recorded as failed" if n_failed else ""))
     return problems, summary
+
+
+def config_problems(root: Path) -> list[str]:
+    """config.yaml against science.yaml: the keys an edit changed, in one line (none when they agree,
+    or when there is no science.yaml: a run from before it)."""
+    from mad.config import science_of_yaml
+
+    root = Path(root)
+    if not (root / SCIENCE).is_file():
+        return []
+    got = {}
+    for name in (CONFIG, SCIENCE):
+        try:
+            got[name] = science_of_yaml((root / name).read_text())
+            if not isinstance(got[name], dict):
+                raise ValueError("not a mapping")
+        except Exception as err:  # unreadable or not YAML
+            return [f"{root / name}: not a readable config ({' '.join(str(err).split())[:200]})"]
+    diff = _differing(got[SCIENCE], got[CONFIG])
+    if not diff:
+        return []
+    shown = "; ".join(f"{k} ({_show(_get(got[SCIENCE], k))} in the run, {_show(_get(got[CONFIG], k))} in it)"
+                      for k in diff[:5]) + ("; ..." if len(diff) > 5 else "")
+    return [f"{root / CONFIG}: differs from {SCIENCE}, the config the records were computed under, in {shown} "
+            "(edited; a resume rewrites it)"]
 
 
 def _verify_unrecorded(d: Path) -> Optional[str]:

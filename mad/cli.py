@@ -1,5 +1,6 @@
 """Command line: ``python run.py [CONFIG.yaml] [key=value ...] [--dry-run]``, ``python run.py report RUN_DIR``
-and ``python run.py verify RUN_DIR``.
+and ``python run.py verify RUN_DIR``; the console script ``mad`` (:func:`console`) says the same as
+``mad run [CONFIG.yaml] [key=value ...]``, ``mad report RUN_DIR`` and ``mad verify RUN_DIR``.
 
 Parses, loads and validates the config, prints it, hands over to the driver. No science here.
 
@@ -41,15 +42,91 @@ verify: checks every finished generation's files against their checksums; exit 0
 """
 
 
+MAD_USAGE = """usage: mad run [CONFIG.yaml] [dotted.key=value ...] [--dry-run] [--quiet] [--no-repair]
+       mad report RUN_DIR [RUN_DIR ...] [--out DIR] [--band ...] [--figures ...] [--latex] [--gens ...]
+       mad verify RUN_DIR
+       mad --version
+
+Simulate self-consuming generative loops (the same as python run.py in a source checkout).
+commands:
+  run     run the loop described by CONFIG (default configs/default.yaml); resumes a stopped run
+  report  write RUN_DIR/report.html and summary.csv (and paper figures, a LaTeX table) from a run
+  verify  check a run directory's files against their checksums
+`mad COMMAND --help` says more about each.
+"""
+
+RUN_USAGE = """usage: {prog} [CONFIG.yaml] [dotted.key=value ...] [--dry-run] [--quiet] [--no-repair]
+
+Runs the self-consuming loop described by CONFIG (default configs/default.yaml), with dotted.key=value
+overrides (sweep.KEY=[a,b] sweeps a key); rerunning the same command resumes a stopped run.
+  --dry-run    print the resolved config and the chains of the sweep; write nothing
+  --quiet      no progress output; only where the run directory and its report are, at the end
+  --no-repair  on resume, stop (exit 2) when a finished generation's files fail their checksums,
+               instead of recomputing that generation and the chain's later ones
+Exit status: 0 done, 1 a chain failed (diverged; see its FAILED.json), 2 bad input or unusable run
+directory, 130 interrupted.
+"""
+
+REPORT_HELP = """usage: {prog} RUN_DIR [RUN_DIR ...] [--out DIR] [--band mean_std|median_iqr]
+       [--figures pdf|svg|png] [--dpi N] [--latex] [--gens 1,5,10]
+
+Writes RUN_DIR/report.html and RUN_DIR/summary.csv and prints the per-generation table.
+  --band B     what groups of seeds draw (default: the run's report.band)
+  --figures F  paper figures (the FID/precision/recall panels, one per metric, samples) under figures/
+  --dpi N      their resolution (default 200; --png is --figures png)
+  --latex      a booktabs table of generations --gens (default: first, middle, last), mean ± std
+  several RUN_DIRs with --out DIR: one page overlaying the runs, each run a group
+"""
+
+VERIFY_HELP = """usage: {prog} RUN_DIR
+
+Checks every finished generation's files against their checksums (reads only).
+Exit status: 0 clean, 1 problems found (one line each), 2 not a run directory.
+"""
+
+_HELP = ("-h", "--help")
+
+
 def _fail(msg: str) -> int:
     print(f"error: {msg}", file=sys.stderr)
     return 2
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def console(argv: Optional[List[str]] = None) -> int:
+    """The ``mad`` console script: ``mad run|report|verify ...``, each with ``--help``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        return _fail("mad needs a command: run, report or verify (mad --help)")
+    command, rest = argv[0], argv[1:]
+    if command in _HELP or command == "help":
+        print(MAD_USAGE, end="")
+        return 0
+    if command == "--version":
+        from mad import __version__
+
+        print(f"mad {__version__}")
+        return 0
+    if command == "run":
+        if rest and rest[0] in ("report", "verify"):  # a config file named like a command needs a path
+            return _fail(f"mad run {rest[0]}: did you mean mad {rest[0]}? (a CONFIG file named "
+                         f"{rest[0]} is ./{rest[0]})")
+        return main(rest, prog="mad run")
+    if command in ("report", "verify"):
+        return main(argv, prog="mad")
+    return _fail(f"unknown command {command!r}: choose run, report or verify (mad --help)")
+
+
+def main(argv: Optional[List[str]] = None, prog: str = "python run.py") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
+        print(USAGE if prog == "python run.py" else RUN_USAGE.format(prog=prog))
+        return 0
+    if argv and argv[0] in ("report", "verify") and any(a in _HELP for a in argv[1:]):
+        sub = "python run.py" if prog == "python run.py" else "mad"
+        print((REPORT_HELP if argv[0] == "report" else VERIFY_HELP).format(prog=f"{sub} {argv[0]}"), end="")
+        return 0
+    if argv and argv[0] not in ("report", "verify") and any(a in _HELP for a in argv):
+        print(RUN_USAGE.format(prog=prog), end="")
         return 0
     try:
         if argv and argv[0] == "report":
@@ -103,8 +180,42 @@ def check_out(out: str) -> Optional[str]:
     return None
 
 
+def check_temp_dir(temp_dir: Optional[str]) -> Optional[str]:
+    """Why ``ray.temp_dir`` cannot hold a local Ray's files (one line), or None; checked with
+    ``out`` before anything is written (a file there made Ray fail after the run directory was)."""
+    if temp_dir is None:
+        return None
+    path = Path(temp_dir)
+    if path.exists() and not path.is_dir():
+        return f"ray.temp_dir: {path} exists and is not a directory"
+    probe_in = path
+    while not probe_in.exists() and probe_in.parent != probe_in:
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        return f"ray.temp_dir: cannot create {path}: {probe_in} is not a directory"
+    if not os.access(probe_in, os.W_OK | os.X_OK):
+        return f"ray.temp_dir: cannot write {path}: {probe_in} is not writable"
+    return None
+
+
+def _ray_train_missing() -> Optional[str]:
+    """Why data-parallel training (Ray Train) cannot run here, or None: ``ray[train]`` is an extra
+    (``pip install -e ".[ddp]"``), and ``ray.train`` refuses to import without these packages."""
+    import importlib.util
+
+    for name in ("fsspec", "pandas", "pyarrow", "requests"):
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ValueError:  # in sys.modules as None: not importable
+            found = False
+        if not found:
+            return (f"train.num_workers: data-parallel training needs Ray Train, and {name} is not installed: "
+                    'pip install -e ".[ddp]" (or pip install "ray[train]")')
+    return None
+
+
 def _run(argv: List[str]) -> int:
-    from mad.config import ConfigError, load_config, to_yaml
+    from mad.config import ConfigError, config_notes, load_config, to_yaml
     from mad.plan import describe_compute, estimate_compute, plan_chains, plan_notes
 
     flags = {a for a in argv if a.startswith("--")}
@@ -123,9 +234,15 @@ def _run(argv: List[str]) -> int:
     except ConfigError as err:
         return _fail(str(err))
     chains = plan_chains(cfg)
+    if any(c.cfg.train.num_workers > 1 for c in chains):
+        problem = _ray_train_missing()
+        if problem:
+            return _fail(problem)
     quiet = "--quiet" in flags or not cfg.report.progress
     if "--dry-run" in flags:
         print(to_yaml(cfg), end="")
+        for note in config_notes(cfg):
+            print(f"# {note}")
         gens = sorted({c.cfg.loop.generations for c in chains})
         each = str(gens[0]) if len(gens) == 1 else f"{gens[0]}-{gens[-1]}"
         print(f"# {len(chains)} chain(s), {each} generation(s) each; nothing written (--dry-run)")
@@ -135,11 +252,14 @@ def _run(argv: List[str]) -> int:
         for c in chains:
             print(f"#   {c.name}")
         return 0
-    problem = check_out(cfg.out)
+    local_ray = not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+    problem = check_out(cfg.out) or (check_temp_dir(cfg.ray.temp_dir) if local_ray else None)
     if problem:
         return _fail(problem)
     if not quiet:
         print(to_yaml(cfg), end="")
+        for note in config_notes(cfg):
+            print(f"# {note}")
     from mad.artifacts import ResumeError
     from mad.data import DataError, DataUnavailableError
     from mad.driver import Driver, StageFailed
@@ -162,7 +282,12 @@ def _verify(argv: List[str]) -> int:
     if len(argv) != 1 or argv[0].startswith("--"):
         return _fail("usage: python run.py verify RUN_DIR")
     from mad.artifacts import ResumeError, verify_run
+    from mad.config import path_problem
 
+    problem = path_problem(argv[0])
+    if problem:
+        shown = argv[0] if len(argv[0]) <= 80 else argv[0][:77] + "..."
+        return _fail(f"{shown}: {problem}")
     try:
         problems, summary = verify_run(argv[0])
     except ResumeError as err:
@@ -227,8 +352,19 @@ def _report(argv: List[str]) -> int:
         return _fail(f"--dpi: {dpi} is outside 20-2400")
     if len(dirs) > 1 and "--out" not in opts:
         return _fail("comparing runs needs --out DIR, the folder for the comparison page")
+    from mad.artifacts import ResumeError, RunDir, config_problems
+
+    try:
+        for d in dirs:  # the report writes into the run directory: never through a link planted there
+            RunDir(d).refuse_links()
+    except ResumeError as err:
+        return _fail(str(err))
     try:
         runs = [load_run(d) for d in dirs]
+        for r in runs:
+            _repair_metrics_copy(r)
+            for line in config_problems(r.run_dir):  # the page shows config.yaml: say when it was edited
+                print(f"mad: {line}", file=sys.stderr)
         band = run_band(runs[0], band)
         if len(runs) > 1:
             from mad.report.read import compare_runs
@@ -278,6 +414,24 @@ def _report(argv: List[str]) -> int:
     print(f"summary: {out / 'summary.csv'}")
     print(f"\ndashboard: {path}")
     return 0
+
+
+def _repair_metrics_copy(run) -> None:
+    """A metrics.jsonl that disagrees with the records (which the report uses): one line, and it is
+    rebuilt from them unless a driver is writing the run (its resume rebuilds it)."""
+    if run.metrics_note is None:
+        return
+    from mad.artifacts import RunDir
+
+    rows = [run.rows[k] for k in sorted(run.rows)]
+    try:
+        rebuilt = RunDir(run.run_dir).rewrite_metrics_if_idle(rows)
+    except OSError as err:
+        print(f"mad: {run.metrics_note}; not rebuilt ({_os_error_line(err)})", file=sys.stderr)
+        return
+    print(f"mad: {run.metrics_note}; " + ("rebuilt it from them" if rebuilt else
+                                          "not rebuilt now: a driver holds the run (its resume rebuilds it)"),
+          file=sys.stderr)
 
 
 def _dotted(d: dict, dotted: str):

@@ -10,12 +10,13 @@ naming the key, before any compute starts.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 import os
 import re
 import typing
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -104,6 +105,7 @@ class Features(str, Enum):
     raw = "raw"
     classifier = "classifier"
     inception = "inception"
+    auto = "auto"  # classifier for image data with labels, raw otherwise (resolved when the config loads)
 
 
 class Reward(str, Enum):
@@ -152,33 +154,117 @@ class KeepSamples(str, Enum):
 REDRAWABLE_FAMILIES = frozenset({Family.gaussian})
 
 
+# ----------------------------------------------------------------------------- per-key rules
+class Check:
+    """A rule one key's value must pass on its own, whatever the other keys say (relations between
+    keys are checked per chain, in ``_validate_one``). Declared on the key's field in the schema
+    (``_key(..., check=...)``) and applied once to the base config and once to every value a sweep
+    gives the key, before anything is written."""
+
+    def __init__(self, ok: Any, text: str, show: Any = str):
+        self.ok, self.text, self.show = ok, text, show
+
+    def problem(self, value: Any) -> Optional[str]:
+        if value is None or self.ok(value):
+            return None
+        return f"{self.text}, got {self.show(value)}"
+
+
+POSITIVE = Check(lambda v: v > 0, "must be positive")
+AT_LEAST_0 = Check(lambda v: v >= 0, "must be at least 0")
+UNIT = Check(lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]")
+UNIT_LOW_OPEN = Check(lambda v: 0.0 < v <= 1.0, "must be in (0, 1]")
+UNIT_HIGH_OPEN = Check(lambda v: 0.0 <= v < 1.0, "must be in [0, 1)")
+
+# Path keys: a component longer than NAME_MAX or a path longer than PATH_MAX cannot be created or
+# opened on Linux (ENAMETOOLONG), so it is refused with the rest of the config.
+NAME_MAX, PATH_MAX = 255, 4096
+
+
+class _PathCheck(Check):
+    def __init__(self) -> None:
+        super().__init__(None, "")
+
+    def problem(self, value: Any) -> Optional[str]:
+        return path_problem(value) if value is not None else None
+
+
+def path_problem(value: Any) -> Optional[str]:
+    """Why ``value`` cannot be a path here (one line, without the key), or None."""
+    text = os.fsencode(str(value))
+    if len(text) > PATH_MAX:
+        return f"the path is {len(text)} bytes long; the limit is {PATH_MAX}"
+    longest = max(text.split(b"/"), key=len, default=b"")
+    if len(longest) > NAME_MAX:
+        return (f"a path component is {len(longest)} bytes long ({os.fsdecode(longest[:24])}...); "
+                f"the limit is {NAME_MAX}")
+    if b"\x00" in text:
+        return "a path cannot hold NUL bytes"
+    return None
+
+
+PATH = _PathCheck()
+
+
+def _key(default: Any = MISSING, *, factory: Any = None, science: bool = True, check: Optional[Check] = None):
+    """A schema field with its classification. ``science``: the key can change a record, so resume
+    compares it with the run's config.yaml and refuses a change naming the key; ``False``: where
+    the run lives and how it is shown or scheduled, which a resume may change. ``check``: the
+    rule its value must pass on its own. Every float key must also be finite (checked for all)."""
+    meta = {"science": science, "check": check}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+RUN = dict(science=False)  # a key that never changes a record
+
+
+# The keys that make up "the sampler" of a family: the keys of ``sample`` it reads besides lambda and the
+# batch size. A family not named here reads none (gaussian, gmm, kde, gan); a plug-in family is taken to
+# read all three. Every lambda of a sweep samples with one sampler (see ``_check_one_sampler``).
+SAMPLER_KEYS = {"diffusion": ("scheduler", "steps", "clip"), "mlp_diffusion": ("scheduler", "steps")}
+_NO_SAMPLER = ("gaussian", "gmm", "kde", "gan")
+
+
+def sampler_keys(family: str) -> tuple:
+    name = str(family)
+    if name in SAMPLER_KEYS:
+        return SAMPLER_KEYS[name]
+    return () if name in _NO_SAMPLER else ("scheduler", "steps", "clip")
+
+
 # ----------------------------------------------------------------------------- schema
 @dataclass
 class DataConfig:
     name: DataName = DataName.gaussian
-    dim: int = 2  # Gaussian: dimension of the real distribution N(0, I_dim)
-    root: str = "data"  # torchvision download folder, or the image folder for name=folder
-    resolution: Optional[int] = None  # image side in pixels; None keeps the native size
-    n_reference: int = 500  # held-out real samples for the metrics; never used for training
+    dim: int = _key(2, check=POSITIVE)  # Gaussian: dimension of the real distribution N(0, I_dim)
+    root: str = _key("data", check=PATH)  # torchvision download folder, or the image folder for name=folder
+    resolution: Optional[int] = _key(None, check=POSITIVE)  # image side in pixels; None keeps the native size
+    n_reference: int = _key(500, check=POSITIVE)  # held-out real samples for the metrics; never used for training
     labels: bool = True  # folder: take class labels from sub-folder names
+
+
+GMM_COVARIANCES = ("full", "tied", "diag", "spherical")
 
 
 @dataclass
 class GMMConfig:
     """``model.gmm``: scikit-learn GaussianMixture; lambda scales the component covariances."""
 
-    components: int = 25
-    covariance_type: str = "full"  # full, tied, diag, spherical (scikit-learn's names)
-    max_iter: int = 100
-    n_init: int = 1
-    reg_covar: float = 1e-6
+    components: int = _key(25, check=POSITIVE)
+    covariance_type: str = _key("full", check=Check(lambda v: v in GMM_COVARIANCES, "must be one of "
+                                                    + ", ".join(GMM_COVARIANCES), repr))  # scikit-learn's names
+    max_iter: int = _key(100, check=POSITIVE)
+    n_init: int = _key(1, check=POSITIVE)
+    reg_covar: float = _key(1e-6, check=POSITIVE)
 
 
 @dataclass
 class KDEConfig:
     """``model.kde``: a Gaussian kernel density estimate (Kazdan et al.); lambda scales the kernel variance."""
 
-    bandwidth: Optional[float] = None  # kernel std h in data units; None: ``rule``
+    bandwidth: Optional[float] = _key(None, check=POSITIVE)  # kernel std h in data units; None: ``rule``
     rule: BandwidthRule = BandwidthRule.scott_std  # the bandwidth when ``bandwidth`` is None
 
 
@@ -186,20 +272,23 @@ class KDEConfig:
 class MLPDiffusionConfig:
     """``model.mlp_diffusion``: a DDPM on vectors with an MLP denoiser and a sinusoidal time embedding."""
 
-    hidden: int = 128
-    layers: int = 3
-    time_embed_dim: int = 32
-    num_train_timesteps: int = 100
-    input_freqs: int = 16  # Fourier features per coordinate of the input (sharp modes need them)
-    input_scale: float = 10.0  # the highest of those frequencies, on standardised data; 0: raw coordinates
+    hidden: int = _key(128, check=POSITIVE)
+    layers: int = _key(3, check=POSITIVE)
+    time_embed_dim: int = _key(32, check=Check(lambda v: v > 0 and v % 2 == 0,
+                                               "must be positive and even (sine and cosine halves)"))
+    num_train_timesteps: int = _key(100, check=POSITIVE)
+    # Fourier features per coordinate of the input (sharp modes need them)
+    input_freqs: int = _key(16, check=AT_LEAST_0)
+    # the highest of those frequencies, on standardised data; 0: raw coordinates
+    input_scale: float = _key(10.0, check=AT_LEAST_0)
 
 
 @dataclass
 class GANConfig:
     """``model.gan``: a DCGAN on images; lambda is the truncation psi in latent space (z -> psi z)."""
 
-    latent_dim: int = 32
-    width: int = 32  # channels of the last generator / first discriminator layer
+    latent_dim: int = _key(32, check=POSITIVE)
+    width: int = _key(32, check=POSITIVE)  # channels of the last generator / first discriminator layer
 
 
 @dataclass
@@ -210,11 +299,12 @@ class ModelConfig:
     estimator: Estimator = Estimator.unbiased  # Gaussian covariance estimator
     # diffusion (diffusers UNet2DModel + DDPMScheduler)
     conditional: bool = True  # class-conditional when the data has labels
-    channels: List[int] = field(default_factory=lambda: [32, 64])
-    layers_per_block: int = 1
+    channels: List[int] = _key(factory=lambda: [32, 64], check=Check(
+        lambda v: len(v) > 0 and all(c > 0 for c in v), "must be a non-empty list of positive widths"))
+    layers_per_block: int = _key(1, check=POSITIVE)
     attention: bool = False
-    num_train_timesteps: int = 1000  # T
-    label_dropout: float = 0.1  # for classifier-free guidance
+    num_train_timesteps: int = _key(1000, check=POSITIVE)  # T
+    label_dropout: float = _key(0.1, check=UNIT_HIGH_OPEN)  # for classifier-free guidance
     gmm: GMMConfig = field(default_factory=GMMConfig)
     kde: KDEConfig = field(default_factory=KDEConfig)
     mlp_diffusion: MLPDiffusionConfig = field(default_factory=MLPDiffusionConfig)
@@ -226,51 +316,58 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     init: TrainInit = TrainInit.scratch
-    steps: int = 1000
-    batch_size: int = 64
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    ema_decay: float = 0.999
-    num_workers: int = 1  # >1: data-parallel with Ray Train's TorchTrainer
+    steps: int = _key(1000, check=POSITIVE)
+    batch_size: int = _key(64, check=POSITIVE)
+    lr: float = _key(2e-4, check=POSITIVE)
+    weight_decay: float = _key(0.0, check=AT_LEAST_0)
+    ema_decay: float = _key(0.999, check=UNIT_HIGH_OPEN)
+    num_workers: int = _key(1, check=POSITIVE)  # >1: data-parallel with Ray Train's TorchTrainer
     # init=previous, generations >= 2: fine-tune the previous weights with these (null: steps / lr);
     # ignored with init=scratch (Bertrand et al. 2024)
-    finetune_steps: Optional[int] = None
-    finetune_lr: Optional[float] = None
+    finetune_steps: Optional[int] = _key(None, check=POSITIVE)
+    finetune_lr: Optional[float] = _key(None, check=POSITIVE)
 
 
 @dataclass
 class SampleConfig:
-    bias: float = 1.0  # MAD's lambda in (0, 1]; 1 = unbiased
-    scheduler: Scheduler = Scheduler.ddim
-    steps: int = 50
+    bias: float = _key(1.0, check=UNIT_LOW_OPEN)  # MAD's lambda in (0, 1]; 1 = unbiased
+    # The sampler of the diffusion families, the same for every lambda (see SAMPLER_KEYS). The default
+    # is the best row of BENCHMARKS.md's "Sampler" table (coverage 0.86, FID 34, against 0.46 and 112
+    # for the old default, DDIM in 50 steps): ancestral DDPM over the full T, x0 clipped.
+    scheduler: Scheduler = Scheduler.ddpm
+    steps: Optional[int] = _key(None, check=POSITIVE)  # denoising steps; None: all of the model's T training timesteps
     # clip the predicted x0 to [-1, 1] at every step (diffusers' clip_sample); see BENCHMARKS.md, "Sampler"
     clip: bool = True
-    batch_size: int = 256
+    batch_size: int = _key(256, check=POSITIVE)
     class_balance: ClassBalance = ClassBalance.uniform
 
 
 @dataclass
 class LoopConfig:
     kind: LoopKind = LoopKind.fully_synthetic
-    generations: int = 5
-    n_init: int = 1000  # real samples in generation 1
-    n_real: Optional[int] = None  # real samples per later generation (None: n_init; ignored by fully_synthetic)
-    n_synth: Optional[int] = None  # synthetic samples per later generation (None: n_init)
+    generations: int = _key(5, check=POSITIVE)
+    n_init: int = _key(1000, check=POSITIVE)  # real samples in generation 1
+    # real samples per later generation (None: n_init; ignored by fully_synthetic)
+    n_real: Optional[int] = _key(None, check=POSITIVE)
+    # synthetic samples per later generation (None: n_init); 0: real data only after generation 1
+    # (the real-only baseline of MAD's phase diagram)
+    n_synth: Optional[int] = _key(None, check=Check(lambda v: v >= 0, "must be positive, or 0 for real data only"))
     synth_source: SynthSource = SynthSource.last
-    last_k: int = 1
+    last_k: int = _key(1, check=POSITIVE)
     # Alternative to n_real/n_synth: a total per generation and the real share of it (fully synthetic:
     # n_total synthetic samples, so every loop of a sweep trains on as many samples).
-    real_fraction: Optional[float] = None
-    n_total: Optional[int] = None
+    real_fraction: Optional[float] = _key(None, check=UNIT)
+    n_total: Optional[int] = _key(None, check=POSITIVE)
     # A finite pool refuses a chain that needs more distinct real samples than it holds; true lets
     # real samples come back (each record's real_seen_frac then says how many were seen before).
     allow_real_reuse: bool = False
     # n_synth per generation: constant, or linear from n_synth (generation 2) to n_synth_final (the last)
     n_synth_schedule: SynthSchedule = SynthSchedule.constant
-    n_synth_final: Optional[int] = None
+    n_synth_final: Optional[int] = _key(None, check=Check(lambda v: v >= 0, "must be positive (or 0 for a loop "
+                                                                             "with real data)"))
     # generations >= 2: a uniform subset of this size of the assembled real + synthetic set (Kazdan et
     # al.'s accumulate-and-subsample with synth_source=accumulate); null keeps all of it
-    subsample_to: Optional[int] = None
+    subsample_to: Optional[int] = _key(None, check=POSITIVE)
 
 
 @dataclass
@@ -279,8 +376,8 @@ class CurateConfig:
     candidates with probability proportional to exp(beta * reward), so k x n_synth are sampled."""
 
     reward: Reward = Reward.none
-    k: int = 4
-    beta: float = 1.0  # inverse temperature of the choice (the reward's scale)
+    k: int = _key(4, check=POSITIVE)
+    beta: float = _key(1.0, check=POSITIVE)  # inverse temperature of the choice (the reward's scale)
 
 
 @dataclass
@@ -290,46 +387,52 @@ class CorrectConfig:
     when the samples carry labels)."""
 
     kind: CorrectKind = CorrectKind.none
-    strength: float = 0.5
-    clusters: int = 10  # centres per class (or overall, without labels)
+    strength: float = _key(0.5, check=UNIT)
+    clusters: int = _key(10, check=POSITIVE)  # centres per class (or overall, without labels)
 
 
 @dataclass
 class MetricsConfig:
-    features: Features = Features.raw
-    n_eval: int = 500  # generated samples scored each generation
-    k: int = 5  # k-NN for precision/recall/density/coverage (MAD: 5)
-    cache_dir: str = ".cache/mad"  # classifier weights and reference statistics
-    classifier_epochs: int = 30
+    # auto: classifier for image data with labels, raw for vectors (resolved at load time, see
+    # resolve_auto; config.yaml holds the choice)
+    features: Features = Features.auto
+    n_eval: int = _key(500, check=POSITIVE)  # generated samples scored each generation
+    k: int = _key(5, check=POSITIVE)  # k-NN for precision/recall/density/coverage (MAD: 5)
+    cache_dir: str = _key(".cache/mad", check=PATH)  # classifier weights and reference statistics
+    classifier_epochs: int = _key(30, check=POSITIVE)
     # Sample-based metrics (FID, PRDC, class metrics) every k-th generation and at the last one;
     # 0 = never. Closed-form metrics (the Gaussian's w2) are computed every generation regardless.
-    every: int = 1
+    every: int = _key(1, check=Check(lambda v: v >= 0, "must be 0 (never) or positive"))
 
 
 @dataclass
 class ResourcesConfig:
-    train_cpus: float = 1.0
-    train_gpus: float = 0.0
-    sample_cpus: float = 1.0
-    sample_gpus: float = 0.0
-    sample_shards: int = 1  # a synthetic set is sampled by this many parallel tasks
-    eval_cpus: float = 1.0
-    eval_gpus: float = 0.0
-    max_retries: int = 3  # Ray retries of a task whose worker died
+    # Science: a task's CPUs set torch's thread count and its GPUs the device, both of which change
+    # the last digits of a number; the shards split one sample stream into others.
+    train_cpus: float = _key(1.0, check=AT_LEAST_0)
+    train_gpus: float = _key(0.0, check=AT_LEAST_0)
+    sample_cpus: float = _key(1.0, check=AT_LEAST_0)
+    sample_gpus: float = _key(0.0, check=AT_LEAST_0)
+    sample_shards: int = _key(1, check=POSITIVE)  # a synthetic set is sampled by this many parallel tasks
+    eval_cpus: float = _key(1.0, check=AT_LEAST_0)
+    eval_gpus: float = _key(0.0, check=AT_LEAST_0)
+    max_retries: int = _key(3, check=AT_LEAST_0, **RUN)  # Ray retries of a task whose worker died
     # Compute a generation whose inputs are identical across chains (generation 1 of chains that differ
     # only in loop kind, say) once and share it; the records are the same either way.
-    share_identical: bool = True
+    share_identical: bool = _key(True, **RUN)
     # Cheap families (mad/models: CHEAP = True) run blocks of chains in one task: null = sized
     # automatically (chains / CPUs, capped), an int = chains per block, 0 = one task per stage as for
-    # every other family.
-    block_size: Optional[int] = None
+    # every other family. The records are the same either way.
+    block_size: Optional[int] = _key(None, check=Check(lambda v: v >= 0, "must be null, 0 (no blocks) or positive"),
+                                     **RUN)
 
 
 @dataclass
 class RayConfig:
-    address: Optional[str] = None  # None: $RAY_ADDRESS, else a local Ray started on the fly
-    num_cpus: Optional[int] = None  # local Ray only
-    temp_dir: Optional[str] = None  # local Ray only: its files go to <temp_dir or tmp>/mad-ray-<uid>/<random>, removed at exit
+    address: Optional[str] = _key(None, **RUN)  # None: $RAY_ADDRESS, else a local Ray started on the fly
+    num_cpus: Optional[int] = _key(None, check=POSITIVE, **RUN)  # local Ray only
+    # local Ray only: its files go to <temp_dir or tmp>/mad-ray-<uid>/<random>, removed at exit
+    temp_dir: Optional[str] = _key(None, check=PATH, **RUN)
 
 
 @dataclass
@@ -341,27 +444,32 @@ class ArtifactsConfig:
 @dataclass
 class PhaseConfig:
     """The fresh-data phase diagram (phase.csv, MAD section 5); see mad/phase.py."""
-    metric: str = "auto"  # the distance: auto = w2 when recorded (Gaussians), else fid
-    last_k: int = 10  # the limit averages each chain's last K generations
-    baseline_bias: Optional[float] = None  # real-only curve at this lambda; None: each cell's own lambda
-    baseline: PhaseBaseline = PhaseBaseline.sweep  # auto: measure d_real(n) over the whole range n_e can take
+    metric: str = _key("auto", **RUN)  # the distance: auto = w2 when recorded (Gaussians), else fid
+    last_k: int = _key(10, check=POSITIVE, **RUN)  # the limit averages each chain's last K generations
+    # real-only curve at this lambda; None: each cell's own lambda
+    baseline_bias: Optional[float] = _key(None, check=Check(lambda v: 0.0 < v <= 1.0, "must be in (0, 1] or null"),
+                                          **RUN)
+    # auto: real-only chains measure d_real(n) over the whole range n_e can take (science: it adds chains)
+    baseline: PhaseBaseline = PhaseBaseline.sweep
 
 
 @dataclass
 class ReportConfig:
-    html: bool = True  # rewrite report.html after every generation
-    band: Band = Band.mean_std  # what a group of seeds draws: mean +- std, or median with the interquartile band
-    tensorboard: bool = True
-    progress: bool = True  # progress bars and the per-generation table on the console
-    tracker: Tracker = Tracker.none  # also log every chain to an experiment tracker (see mad/tracking.py)
-    tracker_dir: Optional[str] = None  # the tracker's store; null: RUN_DIR/mlflow
+    html: bool = _key(True, **RUN)  # rewrite report.html after every generation
+    # what a group of seeds draws: mean +- std, or median with the interquartile band
+    band: Band = _key(Band.mean_std, **RUN)
+    tensorboard: bool = _key(True, **RUN)
+    progress: bool = _key(True, **RUN)  # progress bars and the per-generation table on the console
+    tracker: Tracker = _key(Tracker.none, **RUN)  # also log every chain to an experiment tracker (see mad/tracking.py)
+    tracker_dir: Optional[str] = _key(None, check=PATH, **RUN)  # the tracker's store; null: RUN_DIR/mlflow
     phase: PhaseConfig = field(default_factory=PhaseConfig)
 
 
 @dataclass
 class Config:
-    out: str = "runs/default"
-    seed: int = 0
+    # where the run directory is: a run resumes wherever it is and however its path is spelled
+    out: str = _key("runs/default", check=PATH, **RUN)
+    seed: int = _key(0, check=Check(lambda v: v >= 0, "must be at least 0 (numpy seeds are non-negative)"))
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -378,9 +486,30 @@ class Config:
     sweep: Dict[str, List[Any]] = field(default_factory=dict)
 
 
-# Keys whose value differs between chains but not the science, so resume may ignore them.
-# ``out`` too: a run directory resumes wherever it is and however its path is spelled.
-_RESUME_IGNORED = ("out", "report", "ray", "resources")
+def _leaves(schema: type = Config, prefix: str = "") -> List[tuple[str, Any, type]]:
+    """(dotted key, dataclass field, owning class) of every leaf key of the schema."""
+    out = []
+    for f in fields(schema):
+        section = _dataclass_type(schema, f.name)
+        if section is not None:
+            out.extend(_leaves(section, f"{prefix}{f.name}."))
+        else:
+            out.append((prefix + f.name, f, schema))
+    return out
+
+
+def is_science(f: Any) -> bool:
+    return f.metadata.get("science", True)
+
+
+def science_keys() -> List[str]:
+    """Every leaf key that can change a record: resume compares them (``sweep`` included)."""
+    return [k for k, f, _ in _leaves() if is_science(f)]
+
+
+def run_keys() -> List[str]:
+    """Every leaf key that cannot change a record: a resume may change them."""
+    return [k for k, f, _ in _leaves() if not is_science(f)]
 
 FINITE_POOL_SIZES = {  # training pool sizes of the finite real data sets (reference set excluded)
     DataName.digits: 1797,
@@ -436,19 +565,23 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[Li
             key, value = item.split("=", 1)
             _check_override(key, value, unresolved)
             if key == "sweep":  # replace the whole grid, e.g. sweep={} runs a single chain
-                parsed = yaml.safe_load(value)
+                parsed = load_yaml(value, key)
                 if not isinstance(parsed, dict):
                     raise ConfigError(key, "takes a mapping, e.g. sweep={} or sweep={seed: [0, 1]}")
                 merged.sweep = parsed
                 continue
             if key.startswith("sweep."):
                 # sweep keys are themselves dotted: sweep.loop.kind=[a,b] sweeps "loop.kind"
-                parsed = yaml.safe_load(value)
+                parsed = load_yaml(value, key)
                 if not isinstance(parsed, list):
                     raise ConfigError(key, "a sweep takes a list of values, e.g. [1,2]")
                 merged.sweep[key[len("sweep."):]] = parsed
                 continue
             _check_key_exists(merged, key)
+            try:
+                load_yaml(value, key)  # bounded before OmegaConf parses it (malformed: OmegaConf says so)
+            except yaml.YAMLError:
+                pass
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([f"{key}={value}"]))
         cfg: Config = OmegaConf.to_object(merged)
     except ConfigError:
@@ -456,9 +589,62 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[Li
     except Exception as err:  # omegaconf raises several types; all become one line
         raise _convert_error(err) from None
     cfg.model.options = family_options(cfg.model)
+    notes = []
+    if not AUTO_INPUTS & set(cfg.sweep):
+        note = resolve_features(cfg)
+    elif cfg.metrics.features == Features.auto:
+        note = "metrics.features: auto, chosen per chain from its data (the sweep sets " + \
+               ", ".join(sorted(AUTO_INPUTS & set(cfg.sweep))) + ")"
+    else:
+        note = None
+    if note:
+        notes.append(note)
     validate(cfg)
     _set_unresolved(cfg, unresolved)
+    object.__setattr__(cfg, _NOTES_ATTR, notes)
     return cfg
+
+
+AUTO_INPUTS = {"data.name", "data.labels", "metrics.features"}  # the keys resolve_features reads
+_NOTES_ATTR = "_notes"
+
+
+def config_notes(cfg: Config) -> List[str]:
+    """The lines that say what the loader chose for the user (metrics.features=auto), to print."""
+    return list(getattr(cfg, _NOTES_ATTR, []))
+
+
+MAX_YAML_NODES = 10_000  # values a YAML document may expand to, aliases counted as often as used
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` of ``text`` that first counts the values the document expands to (an
+    alias counts again wherever it is used) and refuses more than MAX_YAML_NODES, naming ``where``:
+    a few hundred bytes of nested aliases (a "billion laughs") would otherwise take minutes and
+    gigabytes. The count stops at the limit, so a refusal takes milliseconds."""
+    import yaml
+
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        count, stack = 0, [node]
+        while stack:
+            n = stack.pop()
+            count += 1
+            if count > MAX_YAML_NODES:
+                raise ConfigError(where, f"the YAML expands to more than {MAX_YAML_NODES:,} values (nested "
+                                         "aliases?); refused")
+            if isinstance(n, yaml.MappingNode):
+                for k, v in n.value:
+                    stack.append(k)
+                    stack.append(v)
+            elif isinstance(n, yaml.SequenceNode):
+                stack.extend(n.value)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def _read_yaml_mapping(path: Path) -> dict:
@@ -473,7 +659,7 @@ def _read_yaml_mapping(path: Path) -> dict:
     if "\x00" in text:
         raise ConfigError(str(path), "not a text YAML file (it holds NUL bytes; a binary file?)")
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text, str(path))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -652,25 +838,74 @@ def to_yaml(cfg: Config) -> str:
 
 
 def science_dict(cfg: Config) -> Dict[str, Any]:
-    """The part of the config that decides results (what resume compares)."""
-    d = _apply_unresolved(config_to_dict(cfg), cfg)
-    for key in _RESUME_IGNORED:
-        d.pop(key, None)
-    return d
+    """The keys that can change a record (``science`` in the schema, see ``_key``): what resume
+    compares with the run's config.yaml."""
+    return _science_only(_apply_unresolved(config_to_dict(cfg), cfg), Config)
+
+
+def _science_only(d: Dict[str, Any], schema: Any) -> Dict[str, Any]:
+    """``d`` without the keys the schema classifies as not science; a key the schema does not know
+    (a stored config.yaml from another version) is kept, so that it is compared, not ignored."""
+    names = {f.name: f for f in fields(schema)}
+    out: Dict[str, Any] = {}
+    for key, value in d.items():
+        f = names.get(key)
+        if f is None:
+            out[key] = value
+            continue
+        section = _dataclass_type(schema, key)
+        if section is not None and isinstance(value, dict):
+            kept = _science_only(value, section)
+            if kept or any(is_science(g) for g in fields(section)):
+                out[key] = kept
+        elif is_science(f):
+            out[key] = value
+    return out
 
 
 def science_of_yaml(text: str) -> Dict[str, Any]:
     """``science_dict`` of a stored config.yaml (as the driver wrote it), for the resume check."""
-    import yaml
-
-    d = yaml.safe_load(text) or {}
-    for key in _RESUME_IGNORED:
-        d.pop(key, None)
+    d = load_yaml(text, "config.yaml") or {}
+    if not isinstance(d, dict):
+        return d
+    d = _science_only(d, Config)
     # a section added to the schema after the run was written (model.gmm, ...) takes its defaults,
     # which reproduce what the run did, so such a run still resumes
     # (and so do keys added later: curate, correct, loop.subsample_to, train.finetune_steps, ...)
     _fill_defaults(d, science_dict(Config()))
     return d
+
+
+def science_diff(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
+    """The science keys that differ, one ``key: OLD in the run, NEW now`` each, dotted and sorted."""
+    a, b = _flat(old), _flat(new)
+    absent = object()
+    lines = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key, absent), b.get(key, absent)
+        if x != y:
+            lines.append(f"{key}: {_show(x, absent)} in the run, {_show(y, absent)} now")
+    return lines
+
+
+def _flat(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _show(value: Any, absent: Any) -> str:
+    import json
+
+    if value is absent:
+        return "(absent)"
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _fill_defaults(d: Dict[str, Any], defaults: Dict[str, Any]) -> None:
@@ -831,15 +1066,17 @@ def _with_values(cfg: Config, assignment: Dict[str, Any], deep: bool) -> Config:
                 setattr(parent, part, child)
             parent = child
         setattr(parent, parts[-1], _copy_tree(value) if deep else value)
+    resolve_features(chain)  # metrics.features=auto, when the sweep leaves it to each chain's data
     return chain
 
 
-def _expand(cfg: Config, deep: bool) -> List[tuple[Dict[str, Any], Config]]:
+def _expand(cfg: Config, deep: bool, checked: Optional[Dict[str, List[Any]]] = None
+            ) -> List[tuple[Dict[str, Any], Config]]:
     keys = list(cfg.sweep)
     if not keys:
         return [({}, cfg)]
     raw = [list(cfg.sweep[k]) for k in keys]
-    checked = [_checked_values(cfg, k, vals) for k, vals in zip(keys, raw)]
+    checked = [checked[k] if checked is not None else _checked_values(cfg, k, vals) for k, vals in zip(keys, raw)]
     chains = []
     # The assignment keeps the values as written (chain names and records show them so);
     # the chain config holds them converted to the schema's types.
@@ -895,7 +1132,10 @@ def stage_configured(cfg: Config) -> bool:
 
 
 def validate(cfg: Config) -> None:
-    """Ranges and relations, checked once for the base config and for every sweep chain."""
+    """Every key's own rule (``Check`` in the schema, and finiteness of every float) once for the
+    base config, swept keys included, and once for every value a sweep gives a key; duplicate sweep
+    values; then the relations between keys for every chain. The same rules whether a value is
+    swept or not, all before anything is written."""
     if not isinstance(cfg.sweep, dict):
         raise ConfigError("sweep", "must map dotted keys to lists of values")
     for key, vals in cfg.sweep.items():
@@ -907,30 +1147,176 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"sweep.{key}", "unknown key") from None
         if not isinstance(vals, list) or not vals:
             raise ConfigError(f"sweep.{key}", "must be a non-empty list of values")
-    chains = [chain for _, chain in _expand(cfg, deep=False)]
+    check_keys(cfg)
+    checked: Dict[str, List[Any]] = {}
+    for key, vals in cfg.sweep.items():
+        typed = _checked_values(cfg, key, list(vals))
+        f = _schema_field(key)
+        for value in typed:
+            _check_leaf(f"sweep.{key}", f, value)
+        _refuse_duplicates(key, list(vals), typed)
+        checked[key] = typed
+    chains = [chain for _, chain in _expand(cfg, deep=False, checked=checked)]
     for chain in chains:
         _validate_one(chain)
     if cfg.report.phase.baseline == PhaseBaseline.auto and not any(
             c.loop.kind == LoopKind.fresh_data for c in chains):
         raise ConfigError("report.phase.baseline", "auto adds real-only chains to a fresh-data sweep; "
                                                    "no chain here has loop.kind=fresh_data")
+    _check_one_sampler(chains)
+    _check_phase_metric_every(chains)
 
 
-def _positive(key: str, value: Any) -> None:
-    if value is not None and value <= 0:
-        raise ConfigError(key, f"must be positive, got {value}")
+def _fmt_values(values: Any) -> str:
+    return ", ".join(str(v.value if isinstance(v, Enum) else v) for v in values)
 
 
-def _check_finite(obj: Any, prefix: str = "") -> None:
-    """NaN and infinity pass every ``<=`` / ``<`` range check, so they are refused first, for every
-    float key of the schema (walked generically: a new float key is covered without listing it)."""
+def _check_one_sampler(chains: List[Config]) -> None:
+    """Every lambda of a sweep samples with the same sampler: a sweep whose chains differ in lambda and
+    in the sampler (``SAMPLER_KEYS``) would measure the two together, so it is refused. Chains of
+    different families are compared within their family."""
+    by_family: Dict[str, List[Config]] = {}
+    for chain in chains:
+        by_family.setdefault(str(chain.model.family), []).append(chain)
+    for family, group in by_family.items():
+        keys = sampler_keys(family)
+        biases = list(dict.fromkeys(c.sample.bias for c in group))
+        if len(biases) < 2 or not keys:
+            continue
+        varying = []
+        for key in keys:
+            values = list(dict.fromkeys(getattr(c.sample, key) for c in group))
+            if len(values) > 1:
+                varying.append(f"sample.{key}: {_fmt_values(values)}")
+        if varying:
+            raise ConfigError("sweep", f"the chains' lambda (sample.bias: {_fmt_values(biases)}) and their sampler "
+                                       f"({'; '.join(varying)}) both vary, so lambda's effect would include the "
+                                       f"sampler's: give every lambda one sampler (sweep the sampler in its own run)")
+
+
+# Record keys computed every generation from the fitted state whatever metrics.every says (the Gaussian
+# family's closed form); every other metric is sample-based and recorded only every metrics.every-th one.
+CLOSED_FORM_METRICS = frozenset({"w2", "trace_ratio", "mean_shift", "logdet_ratio", "logdet_ratio_per_dim"})
+
+
+def phase_metric(cfg: Config) -> str:
+    """The metric the phase diagram reads for this chain: ``report.phase.metric``, where ``auto`` is w2
+    (recorded for the Gaussian family on Gaussian data) and fid otherwise, as ``mad.phase.pick_metric``."""
+    metric = cfg.report.phase.metric
+    if metric != "auto":
+        return metric
+    return "w2" if str(cfg.model.family) == Family.gaussian and cfg.data.name == DataName.gaussian else "fid"
+
+
+def _check_phase_metric_every(chains: List[Config]) -> None:
+    """The phase diagram drops a fresh-data chain with a generation that lacks its metric, so a sample-based
+    phase metric (fid) with metrics.every > 1 would drop every chain: refused. The diagram is drawn when a
+    fresh-data sweep holds real-only chains (n_synth = 0); without them this check has nothing to say."""
+    fresh = [c for c in chains if c.loop.kind == LoopKind.fresh_data]
+    if not any(resolved_counts(c.loop)[1] == 0 for c in fresh):
+        return
+    for c in fresh:
+        metric = phase_metric(c)
+        if c.metrics.every > 1 and metric not in CLOSED_FORM_METRICS:
+            raise ConfigError("metrics.every", f"is {c.metrics.every}, but the phase diagram's metric "
+                                               f"(report.phase.metric={c.report.phase.metric}: {metric}) is recorded "
+                                               f"only every metrics.every-th generation, and a chain missing it at "
+                                               f"any generation is left out of phase.csv: set metrics.every=1")
+
+
+def check_sampler(cfg: Config, conditional: bool) -> None:
+    """lambda < 1 of an unconditional diffusion model is the deterministic DDIM started from N(0, lambda I);
+    the ancestral sampler has no such bias (its per-step noise washes the start's scale out), so it is
+    refused rather than swapped for DDIM behind the user's back."""
+    s = cfg.sample
+    if conditional or s.bias >= 1.0 or s.scheduler != Scheduler.ddpm:
+        return
+    if str(cfg.model.family) not in (Family.diffusion, Family.mlp_diffusion):
+        return
+    raise ConfigError("sample.scheduler", f"ddpm with sample.bias={s.bias} on an unconditional {cfg.model.family} "
+                                          "model: its lambda < 1 is defined for the deterministic sampler started "
+                                          "from N(0, lambda I) only; use sample.scheduler=ddim (for every lambda)")
+
+
+def conditional_at_load(cfg: Config) -> bool:
+    """Whether a diffusion model samples class-conditionally, as far as the config tells (a folder with
+    data.labels=true is labelled only if its images sit in sub-folders: the driver checks that again)."""
+    return (str(cfg.model.family) == Family.diffusion and bool(cfg.model.conditional)
+            and (cfg.data.name != DataName.folder or bool(cfg.data.labels)))
+
+
+def sampling_steps(model: ModelConfig, sample: SampleConfig) -> int:
+    """The denoising steps a diffusion family takes: ``sample.steps``, or all of its T when None."""
+    if str(model.family) == Family.mlp_diffusion:
+        T = int(model.mlp_diffusion.num_train_timesteps)
+    else:
+        T = int(model.num_train_timesteps)
+    return T if sample.steps is None else min(int(sample.steps), T)
+
+
+def check_keys(obj: Any, prefix: str = "") -> None:
+    """Every key's own rule, walking the schema (a new key is covered by declaring its check)."""
     for f in fields(obj):
         value = getattr(obj, f.name)
-        key = f"{prefix}{f.name}"
-        if is_dataclass(value):
-            _check_finite(value, key + ".")
-        elif isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(key, f"must be a finite number, got {value}")
+        if is_dataclass(value) and not isinstance(value, type):
+            check_keys(value, f"{prefix}{f.name}.")
+        else:
+            _check_leaf(prefix + f.name, f, value)
+
+
+def _check_leaf(key: str, f: Any, value: Any) -> None:
+    """``value`` of the key ``key`` (schema field ``f``, None for a plug-in family's option) alone."""
+    if is_dataclass(value) and not isinstance(value, type):  # a whole section set by a sweep
+        check_keys(value, key + ".")
+        return
+    # NaN and infinity pass every ``<=`` / ``<`` range check, so they are refused first
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(key, f"must be a finite number, got {value}")
+    check = f.metadata.get("check") if f is not None else None
+    problem = check.problem(value) if check is not None else None
+    if problem:
+        raise ConfigError(key, problem)
+
+
+def _schema_field(dotted: str) -> Any:
+    """The schema's field for ``dotted`` (None below model.options, a plug-in family's own keys)."""
+    schema: Any = Config
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        if not is_dataclass(schema):
+            return None
+        f = next((f for f in fields(schema) if f.name == part), None)
+        if f is None:
+            return None
+        if i == len(parts) - 1:
+            return f
+        schema = _dataclass_type(schema, part)
+    return None
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((str(k), _hashable(v)) for k, v in value.items()))
+    try:
+        hash(value)
+        return value
+    except TypeError:
+        return repr(value)
+
+
+def _refuse_duplicates(key: str, raw: List[Any], typed: List[Any]) -> None:
+    """Two equal values of one swept key make two identical chains (a std of 0 over "2 seeds")."""
+    seen: Dict[Any, Any] = {}
+    for r, v in zip(raw, typed):
+        h = _hashable(v)
+        if h in seen:
+            first = seen[h]
+            what = repr(r) if repr(first) == repr(r) else f"{first!r} and {r!r} (the same value)"
+            raise ConfigError(f"sweep.{key}", f"lists {what} twice: the two chains would be identical; "
+                                              "give each value once")
+        seen[h] = r
 
 
 def _check_sizes(cfg: Config) -> None:
@@ -966,68 +1352,34 @@ def _check_sizes(cfg: Config) -> None:
                                                    f"training samples, got {loop.subsample_to}")
 
 
+
+
 def _validate_one(cfg: Config) -> None:
+    """The relations between keys of one chain (each key's own rule is checked by ``validate``)."""
     loop, s, d, m = cfg.loop, cfg.sample, cfg.data, cfg.model
-    _check_finite(cfg)
-    if cfg.seed < 0:
-        raise ConfigError("seed", f"must be at least 0 (numpy seeds are non-negative), got {cfg.seed}")
-    for key in ("train_cpus", "train_gpus", "sample_cpus", "sample_gpus", "eval_cpus", "eval_gpus"):
-        if getattr(cfg.resources, key) < 0:
-            raise ConfigError(f"resources.{key}", f"must be at least 0, got {getattr(cfg.resources, key)}")
-    if cfg.train.weight_decay < 0:
-        raise ConfigError("train.weight_decay", f"must be at least 0, got {cfg.train.weight_decay}")
-    _positive("ray.num_cpus", cfg.ray.num_cpus)
-    if not (0.0 < s.bias <= 1.0):
-        raise ConfigError("sample.bias", f"must be in (0, 1], got {s.bias}")
-    for key in ("generations", "n_init", "n_real", "last_k", "n_total"):
-        _positive(f"loop.{key}", getattr(loop, key))
-    # n_synth = 0: real data only after generation 1 (the real-only baseline of MAD's phase diagram)
-    if loop.n_synth is not None and loop.n_synth < 0:
-        raise ConfigError("loop.n_synth", f"must be positive, or 0 for real data only, got {loop.n_synth}")
+    if cfg.seed >= 2 ** 32:
+        raise ConfigError("seed", f"must be below 2**32 = {2 ** 32}: a larger seed spills into a second 32-bit word of "
+                                  f"numpy's SeedSequence, where its streams equal another seed's, got {cfg.seed}")
     if loop.real_fraction is not None or loop.n_total is not None:
         if loop.n_real is not None or loop.n_synth is not None:
             raise ConfigError("loop.real_fraction", "give either loop.real_fraction with loop.n_total, or loop.n_real/loop.n_synth, not both")
         if loop.real_fraction is None or loop.n_total is None:
             raise ConfigError("loop.real_fraction", "loop.real_fraction and loop.n_total go together")
-        if not (0.0 <= loop.real_fraction <= 1.0):
-            raise ConfigError("loop.real_fraction", f"must be in [0, 1], got {loop.real_fraction}")
     n_real, n_synth = resolved_counts(loop)
     if loop.kind != LoopKind.fully_synthetic and loop.real_fraction is None and n_real <= 0:
         raise ConfigError("loop.n_real", f"must be positive, got {n_real}")
     if loop.kind == LoopKind.fully_synthetic and n_synth <= 0:
         raise ConfigError("loop.n_synth", "the fully synthetic loop needs synthetic samples")
     _validate_stages(cfg)
-    if loop.synth_source == SynthSource.last_k and loop.last_k < 1:
-        raise ConfigError("loop.last_k", "must be at least 1")
-    for key in ("dim", "n_reference", "resolution"):
-        _positive(f"data.{key}", getattr(d, key))
-    for key in ("n_eval", "k", "classifier_epochs"):
-        _positive(f"metrics.{key}", getattr(cfg.metrics, key))
-    for key in ("steps", "batch_size", "lr", "num_workers"):
-        _positive(f"train.{key}", getattr(cfg.train, key))
     if cfg.train.num_workers > cfg.train.batch_size:
         raise ConfigError("train.num_workers", f"{cfg.train.num_workers} workers need train.batch_size >= "
                           f"{cfg.train.num_workers} (every worker needs a sample per step)")
     family = _family(m.family)
     if cfg.train.num_workers > 1 and not family.supports_data_parallel:
         raise ConfigError("train.num_workers", f"model.family={m.family} does not support data-parallel training")
-    if not (0.0 <= cfg.train.ema_decay < 1.0):
-        raise ConfigError("train.ema_decay", f"must be in [0, 1), got {cfg.train.ema_decay}")
-    for key in ("steps", "batch_size"):
-        _positive(f"sample.{key}", getattr(s, key))
-    _positive("model.num_train_timesteps", m.num_train_timesteps)
-    _positive("model.layers_per_block", m.layers_per_block)
-    if not m.channels or any(c <= 0 for c in m.channels):
-        raise ConfigError("model.channels", "must be a non-empty list of positive widths")
-    if not (0.0 <= m.label_dropout < 1.0):
-        raise ConfigError("model.label_dropout", f"must be in [0, 1), got {m.label_dropout}")
-    if s.steps > m.num_train_timesteps:
+    if s.steps is not None and s.steps > m.num_train_timesteps:
         raise ConfigError("sample.steps", f"must be at most model.num_train_timesteps ({m.num_train_timesteps})")
-    _positive("resources.sample_shards", cfg.resources.sample_shards)
-    _positive("report.phase.last_k", cfg.report.phase.last_k)
-    pb = cfg.report.phase.baseline_bias
-    if pb is not None and not (0.0 < pb <= 1.0):
-        raise ConfigError("report.phase.baseline_bias", f"must be in (0, 1] or null, got {pb}")
+    check_sampler(cfg, conditional_at_load(cfg))
     if cfg.report.tracker == Tracker.mlflow:
         import importlib.util
 
@@ -1035,27 +1387,24 @@ def _validate_one(cfg: Config) -> None:
         if missing:
             raise ConfigError("report.tracker", f"mlflow needs {', '.join(missing)}, not installed here: "
                                                 "pip install 'mad[mlflow]' (or report.tracker=none)")
-    if cfg.resources.block_size is not None and cfg.resources.block_size < 0:
-        raise ConfigError("resources.block_size", f"must be null, 0 (no blocks) or positive, got {cfg.resources.block_size}")
-    if cfg.metrics.every < 0:
-        raise ConfigError("metrics.every", f"must be 0 (never) or positive, got {cfg.metrics.every}")
     if cfg.artifacts.samples != KeepSamples.all and loop.synth_source != SynthSource.last:
         raise ConfigError("artifacts.samples", f"{cfg.artifacts.samples.value} needs loop.synth_source=last "
                           f"({loop.synth_source.value} reads earlier synthetic sets again)")
     if cfg.artifacts.samples == KeepSamples.none and m.family not in REDRAWABLE_FAMILIES:
         raise ConfigError("artifacts.samples", f"none needs a family whose saved state redraws its samples "
                           f"exactly (gaussian), got {m.family}")
-    if cfg.resources.max_retries < 0:
-        raise ConfigError("resources.max_retries", "must be at least 0")
     # family / data compatibility
     kind = data_kind(d.name)
     vector_data = kind == "vectors"
     if kind not in family.data_kinds:
+        from mad.models.registry import builtin_names, get_family
+
+        fits = [n for n in builtin_names() if kind in get_family(n).data_kinds]
         raise ConfigError("model.family", f"{m.family} takes {' or '.join(family.data_kinds)} data, got "
-                                          f"data.name={d.name.value} ({kind})")
-    _validate_sections(m)
-    if cfg.metrics.features != Features.raw and vector_data:
-        raise ConfigError("metrics.features", f"{cfg.metrics.features.value} needs image data; use raw for {d.name.value}")
+                                          f"data.name={d.name.value} ({kind}); for {kind}: {', '.join(fits)}")
+    if cfg.metrics.features not in (Features.raw, Features.auto) and vector_data:
+        raise ConfigError("metrics.features", f"{cfg.metrics.features.value} needs image data; use raw or auto "
+                                              f"for {d.name.value}")
     # finite real pools (a folder's size is known once loaded: the driver calls check_real_pool then)
     pool = FINITE_POOL_SIZES.get(d.name)
     if pool is not None:
@@ -1069,29 +1418,22 @@ def _validate_one(cfg: Config) -> None:
 
     _check_sizes(cfg)
 
+
 def _validate_stages(cfg: Config) -> None:
-    """The loop stages' keys: curation, self-correction, subsampling, the n_synth schedule, fine-tuning."""
-    loop, t = cfg.loop, cfg.train
-    _positive("loop.subsample_to", loop.subsample_to)
+    """The loop stages' relations: curation, self-correction, the n_synth schedule."""
+    loop = cfg.loop
     if loop.n_synth_schedule == SynthSchedule.linear:
         if loop.n_synth_final is None:
             raise ConfigError("loop.n_synth_final", "loop.n_synth_schedule=linear needs loop.n_synth_final "
                                                     "(n_synth at the last generation)")
-        if loop.n_synth_final < 0 or (loop.n_synth_final == 0 and loop.kind == LoopKind.fully_synthetic):
+        if loop.n_synth_final == 0 and loop.kind == LoopKind.fully_synthetic:
             raise ConfigError("loop.n_synth_final", f"must be positive (or 0 for a loop with real data), "
                                                     f"got {loop.n_synth_final}")
     elif loop.n_synth_final is not None:
         raise ConfigError("loop.n_synth_final", "only with loop.n_synth_schedule=linear")
-    _positive("train.finetune_steps", t.finetune_steps)
-    _positive("train.finetune_lr", t.finetune_lr)
-    _positive("curate.k", cfg.curate.k)
-    _positive("curate.beta", cfg.curate.beta)
     if cfg.curate.reward == Reward.classifier_confidence and cfg.metrics.features != Features.classifier:
         raise ConfigError("curate.reward", "classifier_confidence scores samples with the metrics' classifier: "
                                            f"needs metrics.features=classifier, got {cfg.metrics.features.value}")
-    if not (0.0 <= cfg.correct.strength <= 1.0):
-        raise ConfigError("correct.strength", f"must be in [0, 1], got {cfg.correct.strength}")
-    _positive("correct.clusters", cfg.correct.clusters)
     if cfg.correct.kind != CorrectKind.none and cfg.correct.clusters > loop.n_init:
         raise ConfigError("correct.clusters", f"k-means of the {loop.n_init} real samples of generation 1 "
                                               f"(loop.n_init) cannot have {cfg.correct.clusters} centres")
@@ -1105,23 +1447,22 @@ def data_kind(name: DataName) -> str:
     return "vectors" if name in VECTOR_DATA else "images"
 
 
-def _validate_sections(m: ModelConfig) -> None:
-    """Ranges of the built-in families' sections (checked whatever the family, as the flat keys are)."""
-    for key in ("components", "max_iter", "n_init", "reg_covar"):
-        _positive(f"model.gmm.{key}", getattr(m.gmm, key))
-    kinds = ("full", "tied", "diag", "spherical")
-    if m.gmm.covariance_type not in kinds:
-        raise ConfigError("model.gmm.covariance_type", f"must be one of {', '.join(kinds)}, got {m.gmm.covariance_type!r}")
-    _positive("model.kde.bandwidth", m.kde.bandwidth)
-    for key in ("latent_dim", "width"):
-        _positive(f"model.gan.{key}", getattr(m.gan, key))
-    if m.mlp_diffusion.input_scale < 0 or m.mlp_diffusion.input_freqs < 0:
-        raise ConfigError("model.mlp_diffusion.input_scale", "input_scale and input_freqs must be at least 0")
-    for key in ("hidden", "layers", "time_embed_dim", "num_train_timesteps"):
-        _positive(f"model.mlp_diffusion.{key}", getattr(m.mlp_diffusion, key))
-    if m.mlp_diffusion.time_embed_dim % 2:
-        raise ConfigError("model.mlp_diffusion.time_embed_dim", f"must be even (sine and cosine halves), got "
-                                                                f"{m.mlp_diffusion.time_embed_dim}")
+def resolve_features(cfg: Config) -> Optional[str]:
+    """``metrics.features=auto`` made a choice: the LeNet classifier for image data (trained on the
+    real pool's labels), raw features for vectors and for an image folder read without labels.
+    Replaces cfg.metrics (never changes it in place: a chain may share it with the base config) and
+    returns the one line that says what was chosen, or None when nothing was auto."""
+    if cfg.metrics.features != Features.auto:
+        return None
+    d = cfg.data
+    if data_kind(d.name) == "vectors":
+        choice, why = Features.raw, f"data.name={d.name.value} is vectors"
+    elif d.name == DataName.folder and not d.labels:
+        choice, why = Features.raw, "data.labels=false: the classifier needs class labels"
+    else:
+        choice, why = Features.classifier, f"data.name={d.name.value} is images: the LeNet classifier"
+    cfg.metrics = dataclasses.replace(cfg.metrics, features=choice)
+    return f"metrics.features: auto -> {choice.value} ({why})"
 
 
 def real_samples_needed(loop: LoopConfig) -> tuple[int, str]:
@@ -1149,3 +1490,4 @@ def check_real_pool(cfg: Config, pool_size: int, pool_name: str) -> None:
         raise ConfigError(key, f"the {cfg.loop.kind.value} loop needs {need} distinct real samples ({expr}) but the "
                                f"{pool_name} holds {pool_size}; lower them, or set loop.allow_real_reuse=true "
                                f"to let real samples come back")
+

@@ -30,12 +30,12 @@ import numpy as np
 
 import loops
 from mad import artifacts, blocks, seeding, tasks
-from mad.config import (Config, DataName, TrainInit, check_real_pool, config_to_dict, science_dict,
+from mad.config import (Config, DataName, TrainInit, check_real_pool, check_sampler, config_to_dict, science_dict,
                         science_of_yaml, to_yaml)
 from mad.divergence import DivergedError
 from mad.models import get_family
 from mad.plan import Chain, plan_chains
-from mad.progress import BarSpec, ConsoleBars, RunClock, console_print, set_console_printer
+from mad.progress import BarSpec, ConsoleBars, RunClock, TimeLeft, console_print, set_console_printer
 from mad.tasks import EvalJob, SampleJob, TrainJob, shard_sizes
 
 TIMING_FIELDS = ("wall_s", "time")
@@ -153,6 +153,7 @@ class Block:
     keep_samples: str  # artifacts.samples: all, last or none
     keep_models: str  # artifacts.keep_models: all or last
     started: float = 0.0
+    planned: int = 1  # chain-generations the slice in flight will finish
 
 
 def _check_data_fits(cfg: Config, pool) -> None:
@@ -196,16 +197,30 @@ class Driver:
         self._bars = not self.quiet and not get_family(cfg.model.family).cheap and sys.stdout.isatty()
         self._to_cache: dict[Any, tuple[str, bool]] = {}  # reference ref -> (cache_dir, reward net too) to cache
         self._console: Optional[ConsoleBars] = None  # the workers' bars, drawn here (mad/progress.py)
-        self._clock = RunClock(1)  # per-chain time per generation, for the time left
+        self._clock = RunClock(1)  # the measured cost of a chain-generation, for the time left
+        self._eta = TimeLeft(self._clock)  # the run's one time-left figure, once per update
         self._runs: list[ChainRun] = []
         self._blocks: list[Block] = []
 
     # ------------------------------------------------------------------ setup
     def _verify(self) -> None:
         """Read every chain's finished generations and check their lines and kept files against
-        their checksums (read only)."""
+        their checksums (read only). Records of another chain or another run (moved, swapped or
+        copied chain directories) are refused: ResumeError, one line, before anything is written."""
         if not self.run_dir.exists():
             return
+        stored = self.run_dir.stored_science()
+        sha = hashlib.sha256(stored if stored is not None else science_yaml(self.cfg).encode()).hexdigest()
+        foreign = []
+        for chain in self.chains:
+            problem = self.run_dir.binding_problem(chain.name, self._state(chain.name), sha,
+                                                   science_missing=stored is None)
+            if problem:
+                foreign.append(problem)
+        if foreign:
+            raise artifacts.ResumeError(foreign[0] + (f" ({len(foreign) - 1} more chain(s) alike; python run.py "
+                                                      f"verify {self.run_dir.root} lists them)"
+                                                      if len(foreign) > 1 else ""))
         for chain in self.chains:
             state = self._state(chain.name)
             found = [(len(state.finished) + 1, problem) for _, problem in state.problems[:1]]
@@ -253,12 +268,26 @@ class Driver:
             raise artifacts.CorruptRunError(
                 f"{problem}; stopped (--no-repair)" + (f"; {more} more chain(s) affected" if more else "")
                 + f"; python run.py verify {self.run_dir.root} lists every problem")
-        resuming = self.run_dir.check_or_write_config(to_yaml(self.cfg), science_dict(self.cfg), science_of_yaml)
+        named = self.run_dir.metrics_generations()  # before it is rebuilt: what a cut records.jsonl lost
+        resuming = self.run_dir.check_or_write_config(to_yaml(self.cfg), science_dict(self.cfg), science_of_yaml,
+                                                      science_yaml(self.cfg))
         if self.run_dir.replaced is not None:
+            named = {}  # the replaced run's lines went with it
             print(f"mad: {self.run_dir.root} held a run with another config (differs in: "
                   f"{', '.join(self.run_dir.replaced)}) that finished no generation; replaced it", file=sys.stderr)
+        if self.run_dir.config_edited:
+            print(f"mad: {self.run_dir.root / artifacts.CONFIG}: edited since the run was written (differs in "
+                  f"{', '.join(self.run_dir.config_edited)} from {artifacts.SCIENCE}, the config its records were "
+                  "computed under); rewritten", file=sys.stderr)
         for chain, (gen, problem) in self._bad.items():
             print(f"mad: {problem}; recomputing generation {gen} and later of {chain}", file=sys.stderr)
+        for chain in self.chains:
+            if chain.name in self._bad:
+                continue
+            have = {f.gen for f in self._state(chain.name).finished}
+            lost = sorted(g for g in named.get(chain.name, ()) if g not in have and g <= chain.cfg.loop.generations)
+            if lost:
+                print(f"mad: {self.run_dir.lost_line(chain.name, lost)}; recomputing them", file=sys.stderr)
         self.run_dir.write_chains([c.describe() for c in self.chains])
         # Each chain's directory is cut to the generations it resumes after (a torn or unfinished
         # tail and corrupt generations go; an old DONE-directory chain is converted), and
@@ -304,6 +333,7 @@ class Driver:
         from mad import remote
         from mad.data import load_real
 
+        self.run_dir.refuse_links()  # nothing is written through a link planted in the run directory
         self._verify()
         # Recorded failures are reported, not retried (deleting <chain>/FAILED.json retries).
         if self.run_dir.exists():
@@ -322,6 +352,8 @@ class Driver:
             if key in loaded and c.cfg.data.name == DataName.folder:
                 # only now is a folder's pool size known; still nothing is written
                 check_real_pool(c.cfg, loaded[key][0].size, f"folder {c.cfg.data.root} training pool")
+                # and only now whether it has labels, i.e. whether the diffusion model is conditional
+                check_sampler(c.cfg, bool(c.cfg.model.conditional) and loaded[key][0].num_classes > 0)
             if key in loaded:
                 _check_data_fits(c.cfg, loaded[key][0])
         resuming = self.prepare_run_dir()
@@ -393,9 +425,12 @@ class Driver:
         # a block is one unit of work per CPU; a chain's generation one per slot its training fits
         self._clock = RunClock(remote.cluster_cpus() if len(in_blocks) == len(todo) else
                                remote.chain_slots(self.cfg.resources))
+        self._eta = TimeLeft(self._clock)
         for r in todo:
             if not self._runs_in_blocks(r.chain.cfg):
                 sub, ref = self._submit(r, stages, remote)
+                if ref not in pending:  # a ref shared by chains is one unit of work
+                    self._clock.submitted(ref)
                 pending.setdefault(ref, []).append(sub)
         idle = self._plan_blocks(in_blocks)
         self._blocks = list(idle)
@@ -404,10 +439,11 @@ class Driver:
         def fill_blocks() -> None:
             while idle and sum(isinstance(v, Block) for v in pending.values()) < max_blocks:
                 block = idle.pop(0)
-                pending[self._submit_block(block, stages, remote)] = block
+                ref = self._submit_block(block, stages, remote)
+                pending[ref] = block
+                self._clock.submitted(ref, block.planned)
 
         fill_blocks()
-        self._clock.in_flight(len(pending))
         while pending:
             ready, _ = remote.wait(list(pending), num_returns=1,
                                    timeout=None if self._console is None else self._console.poll_every)
@@ -416,40 +452,43 @@ class Driver:
             if not ready:
                 continue
             item = pending.pop(ready[0])
-            self._clock.in_flight(len(pending))
             if isinstance(item, Block):
                 try:
                     results = remote.get(ready[0])
                 except remote.TaskFailure as err:
+                    self._clock.finished(ready[0], 0)
                     self._block_failed(item, err)
                     continue
-                self._clock.done(len(results))
+                self._clock.finished(ready[0], len(results))
                 by_name = {r.chain.name: r for r in item.runs}
                 for res in results:
                     by_name[res.name].next_gen = res.gen + 1
                 if not all(r.finished for r in item.runs):
                     idle.append(item)
                 fill_blocks()  # the next slice runs while this one is written
-                self._clock.in_flight(len(pending))
+                self._update_time_left(parallel=sum(not all(r.finished for r in b.runs) for b in self._blocks))
                 self._persist_block(item, results)
                 continue
             subs = item
             try:
                 metrics = remote.get(ready[0])
             except remote.TaskFailure as err:
+                self._clock.finished(ready[0], 0)
                 if isinstance(err.cause, DivergedError):
                     for sub in subs:  # chains sharing a diverged stage all fail with it
                         self._fail_chain(sub.run.chain.name, sub.gen, err.cause)
                     continue
                 raise self._stage_failed(subs[0], ready[0], err, remote) from None
             self._cache_classifiers(remote)
-            self._clock.done()  # one unit of work, however many chains share it
+            self._clock.finished(ready[0])  # one unit of work, however many chains share it
+            self._update_time_left(done={sub.run.chain.name: sub.gen for sub in subs})
             for sub in subs:
                 self._persist(sub, dict(metrics), remote)
                 if not sub.run.finished:
                     nxt, ref = self._submit(sub.run, stages, remote)
+                    if ref not in pending:
+                        self._clock.submitted(ref)
                     pending.setdefault(ref, []).append(nxt)
-                    self._clock.in_flight(len(pending))
             self._prune_shared(runs)
 
     def _print_where(self) -> None:
@@ -713,6 +752,7 @@ class Driver:
                                                  block.keep_models)
         block.carry = carry  # the next slice starts from this one's end, without a trip through the driver
         block.started = time.time()
+        block.planned = n_gens * len(active)
         return results
 
     def _persist_block(self, block: Block, results: list) -> None:
@@ -736,7 +776,7 @@ class Driver:
             self._log(f"[block of {len(block.runs)} chains: {block.runs[0].chain.name} ...] gen {gens[0]}-{gens[-1]} "
                       f"done ({len(results)} chain-generations, {time.time() - block.started:.1f}s; "
                       f"{len(self.records)}/{self._total_gens} in all, elapsed {time.time() - self.t_start:.0f}s"
-                      f"{self._time_left(sum(not all(r.finished for r in b.runs) for b in self._blocks))})")
+                      f"{self._eta.text()})")
 
     def _persist(self, sub: Submitted, metrics: dict, remote) -> None:
         r, gen, cfg = sub.run, sub.gen, sub.run.chain.cfg
@@ -813,12 +853,13 @@ class Driver:
         self.gens_this_session += len(done)
         return lines
 
-    def _time_left(self, parallel: Optional[int] = None) -> str:
-        """``, ~Ns left`` from the measured per-chain time per generation; empty before the first one."""
-        left = [r.chain.cfg.loop.generations - r.next_gen + 1 for r in self._runs
-                if not r.finished and r.chain.name not in self.failed]
-        eta = self._clock.time_left(left, parallel)
-        return "" if eta is None else f", ~{eta:.0f}s left"
+    def _update_time_left(self, parallel: Optional[int] = None, done: Optional[dict[str, int]] = None) -> None:
+        """Re-estimate the run's time left, once per batch of finished work (``done``: chain -> the
+        generation it just finished, not yet persisted); every line printed for the batch shows it."""
+        done = done or {}
+        left = [r.chain.cfg.loop.generations - max(r.next_gen, done.get(r.chain.name, 0) + 1) + 1
+                for r in self._runs if r.chain.name not in self.failed]
+        self._eta.update(left, parallel)
 
     def _print_generation(self, rec: dict, cfg: Config) -> None:
         elapsed = time.time() - self.t_start
@@ -827,7 +868,7 @@ class Driver:
         shown = [k for k in TABLE_METRICS if k in rec]
         vals = "  ".join(f"{k}={rec[k]:.4g}" for k in shown)
         self._log(f"[{rec['chain']}] gen {rec['gen']:>3}/{cfg.loop.generations}  {vals}  "
-                  f"({rec['wall_s']:.1f}s, elapsed {elapsed:.0f}s{self._time_left()})")
+                  f"({rec['wall_s']:.1f}s, elapsed {elapsed:.0f}s{self._eta.text()})")
 
     def _after_generation(self, record: Optional[dict] = None, x: Optional[np.ndarray] = None,
                           final: bool = False) -> None:
@@ -871,6 +912,13 @@ class Driver:
             self.tracker.close(c.name for c in self.chains
                                if len(self.run_dir.done_generations(c.name)) >= c.cfg.loop.generations)
             self.tracker = None
+
+
+def science_yaml(cfg: Config) -> str:
+    """science.yaml: the science keys of the run's config, written once; its records carry its SHA-256."""
+    import yaml
+
+    return yaml.safe_dump(science_dict(cfg), sort_keys=False)
 
 
 def _failure_line(info: dict) -> str:

@@ -137,12 +137,12 @@ def baseline_chains(cfg: Config, chains: list[Chain]) -> tuple[list[Chain], list
 
 def estimate_compute(chains: list[Chain]) -> dict[str, int]:
     """What running ``chains`` costs, in the units a reader can budget: chain-generations, and for
-    diffusion the optimiser steps and images sampled (each image costs ``sample.steps`` network passes).
+    diffusion the optimiser steps and images sampled (each image costs ``sample.steps`` network passes, the full T when None).
 
     Mirrors the driver: every generation trains once (``train.finetune_steps`` when it fine-tunes the
     previous weights) and samples max(synthetic set kept, n_eval) images, the synthetic set k times over
     when curation chooses one of ``curate.k`` candidates; the last generation keeps no synthetic set."""
-    from mad.config import Family, Reward, TrainInit, n_synth_at
+    from mad.config import Family, Reward, TrainInit, n_synth_at, sampling_steps
 
     out = {"chains": len(chains), "chain_generations": 0, "diffusion_train_steps": 0, "diffusion_images": 0,
            "diffusion_denoiser_passes": 0}
@@ -159,7 +159,7 @@ def estimate_compute(chains: list[Chain]) -> dict[str, int]:
                 later = cfg.train.finetune_steps
             out["diffusion_train_steps"] += cfg.train.steps + (gens - 1) * later
             out["diffusion_images"] += images
-            out["diffusion_denoiser_passes"] += images * cfg.sample.steps
+            out["diffusion_denoiser_passes"] += images * sampling_steps(cfg.model, cfg.sample)
     return out
 
 

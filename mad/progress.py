@@ -213,66 +213,124 @@ class ConsoleBars:
 
 
 # ----------------------------------------------------------------------------- time left
-def eta_seconds(left: Sequence[int], per_gen_s: float, parallel: int) -> float:
+def eta_seconds(left: Sequence[int], per_gen_s: float, parallel: int, done: float = 0.0,
+                head: float = 0.0) -> float:
     """Seconds until every chain is done: the chains' remaining generations (``left``, one entry
-    per unfinished chain) shared among ``parallel`` chain-generations at once, each taking
-    ``per_gen_s``; never less than the longest chain alone, as a chain's generations run in order."""
+    per unfinished chain, the ones in flight included) shared among ``parallel`` chain-generations
+    at once, each taking ``per_gen_s``, less ``done`` slot-seconds the work in flight has already
+    done of them; never less than the longest chain alone (less ``head``, the most one unit in
+    flight has done), as a chain's generations run in order."""
     left = [n for n in left if n > 0]
     if not left:
         return 0.0
-    return max(sum(left) * per_gen_s / max(1, parallel), max(left) * per_gen_s)
+    work = max(0.0, sum(left) * per_gen_s - done)
+    return max(work / max(1, parallel), max(left) * per_gen_s - min(head, per_gen_s), 0.0)
 
 
 class RunClock:
-    """Per-chain time per generation, measured on the work itself: the seconds of work in flight
-    (at most ``slots`` units at once) summed over time, divided by the units finished meanwhile.
-    Starts when the first work is submitted, so Ray's start-up does not count; and only the later
-    half of the time measured so far counts, so the slow first generations (workers importing
-    torch, the metrics' reference statistics) fade out of the estimate as the run goes."""
+    """The measured cost of a chain-generation, and from it the time left.
 
-    def __init__(self, slots: int) -> None:
+    Each unit of work (a chain's generation, or a block's slice of generations) is known by a key
+    from its submission to its end. While ``n`` units are in flight on ``slots`` slots, each is
+    credited ``min(1, slots / n)`` slot-seconds per second (a full slot when they all fit, a fair
+    share when Ray queues some), so a unit's cost is what it used of the slots, however many ran
+    beside it, and the units' costs add up to the slots' busy time. The cost of a chain-generation
+    is the mean over the units finished in the later half of the time measured so far, so the
+    slow first generations (workers importing torch, the metrics' reference statistics) fade out
+    of the estimate as the run goes; the clock starts at the first submission, so Ray's start-up
+    does not count.
+
+    ``clock`` is the time source (seconds, monotonic); a test passes a fake one. Every method's
+    ``now`` defaults to ``clock()``.
+    """
+
+    def __init__(self, slots: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.slots = max(1, slots)
-        self.busy_s = 0.0
-        self.finished = 0
-        self._in_flight = 0
+        self.clock = clock
+        self.busy_s = 0.0  # slot-seconds used by the units, finished or not
+        self.n_finished = 0  # chain-generations finished
+        self._share = 0.0  # slot-seconds one unit in flight has been credited since the start
         self._since: Optional[float] = None
         self._start: Optional[float] = None
-        self._times: list[float] = []  # when units finished, and the busy seconds and units by then
-        self._marks: list[tuple[float, int]] = []
+        self._open: dict[Any, tuple[float, int]] = {}  # key -> (_share at its submission, its chain-generations)
+        self._ends: list[float] = []  # when units finished, in order,
+        self._costs: list[tuple[float, int]] = []  # ... and their (slot-seconds, chain-generations)
 
-    def in_flight(self, n: int, now: Optional[float] = None) -> None:
-        """The number of units of work in flight changed to ``n``."""
-        now = time.monotonic() if now is None else now
-        if self._since is not None:
-            self.busy_s += min(self._in_flight, self.slots) * (now - self._since)
-        else:
+    def _advance(self, now: Optional[float]) -> float:
+        now = self.clock() if now is None else now
+        if self._since is None:
             self._start = now
-        self._since, self._in_flight = now, n
+        elif now > self._since and self._open:
+            dt, n = now - self._since, len(self._open)
+            self._share += min(1.0, self.slots / n) * dt
+            self.busy_s += min(n, self.slots) * dt
+        self._since = now if self._since is None else max(self._since, now)
+        return now
 
-    def done(self, n: int = 1, now: Optional[float] = None) -> None:
-        """``n`` units of work finished."""
-        now = time.monotonic() if now is None else now
-        self.in_flight(self._in_flight, now)
-        self.finished += n
-        self._times.append(now)
-        self._marks.append((self.busy_s, self.finished))
+    def submitted(self, key: Any, n: int = 1, now: Optional[float] = None) -> None:
+        """A unit of work of ``n`` chain-generations went in flight."""
+        self._advance(now)
+        self._open[key] = (self._share, max(1, n))
+
+    def finished(self, key: Any, n: Optional[int] = None, now: Optional[float] = None) -> None:
+        """The unit ``key`` ended, having finished ``n`` chain-generations (default: as many as
+        submitted; 0: it failed, and its time says nothing of a generation's cost)."""
+        now = self._advance(now)
+        if key not in self._open:
+            return
+        share0, planned = self._open.pop(key)
+        n = planned if n is None else n
+        if n > 0:
+            self.n_finished += n
+            self._ends.append(now)
+            self._costs.append((self._share - share0, n))
 
     def per_gen_s(self, now: Optional[float] = None) -> Optional[float]:
-        if not self.finished or self._start is None:
+        """Slot-seconds per chain-generation, measured; None before any unit finished."""
+        if not self._costs or self._start is None:
             return None
-        now = time.monotonic() if now is None else now
-        self.in_flight(self._in_flight, now)
-        i = bisect.bisect_right(self._times, self._start + (now - self._start) / 2) - 1
-        busy0, finished0 = self._marks[i] if i >= 0 else (0.0, 0)
-        if self.finished == finished0:  # nothing finished in the later half: all of it
-            busy0, finished0 = 0.0, 0
-        return (self.busy_s - busy0) / (self.finished - finished0)
+        now = self._advance(now)
+        i = bisect.bisect_left(self._ends, self._start + (now - self._start) / 2)
+        costs = self._costs[i:] or self._costs  # nothing finished in the later half: all of it
+        return sum(c for c, _ in costs) / sum(n for _, n in costs)
+
+    def in_flight_credit(self, per_gen: float, now: Optional[float] = None) -> tuple[float, float]:
+        """(slot-seconds of the remaining work the units in flight have done, the most one of them
+        has done). Each unit counts up to what its generations are expected to cost, so a unit
+        running late stops the count rather than pushing the estimate below zero."""
+        self._advance(now)
+        done = [min(self._share - share0, per_gen * n) for share0, n in self._open.values()]
+        return sum(done), max(done, default=0.0)
 
     def time_left(self, left: Sequence[int], parallel: Optional[int] = None,
                   now: Optional[float] = None) -> Optional[float]:
-        """Seconds left for chains with ``left`` generations to go; ``parallel``: how many units of
-        work can still run at once when fewer than ``slots`` are left (blocks of chains)."""
+        """Seconds left for chains with ``left`` generations to go (those in flight included), by
+        :func:`eta_seconds` from the measured cost and what the units in flight have done of it;
+        ``parallel``: how many units can still run at once when fewer than ``slots`` (blocks of
+        chains). None before anything finished."""
+        now = self._advance(now)
         per_gen = self.per_gen_s(now)
         if per_gen is None:
             return None
-        return eta_seconds(left, per_gen, self.slots if parallel is None else min(self.slots, parallel))
+        done, head = self.in_flight_credit(per_gen, now)
+        slots = self.slots if parallel is None else max(1, min(self.slots, parallel))
+        return eta_seconds(left, per_gen, slots, done, head)
+
+
+class TimeLeft:
+    """The run's one time-left figure: estimated once per update (a batch of finished work), and
+    the same on every line printed for that update. ``update`` re-estimates from ``clock``'s
+    measurements; ``text`` is the figure of the last update."""
+
+    def __init__(self, clock: RunClock) -> None:
+        self.clock = clock
+        self.seconds: Optional[float] = None
+
+    def update(self, left: Sequence[int], parallel: Optional[int] = None,
+               now: Optional[float] = None) -> Optional[float]:
+        self.seconds = self.clock.time_left(left, parallel, now)
+        return self.seconds
+
+    def text(self) -> str:
+        """``, ~Ns left``; empty before the first measured generation."""
+        return "" if self.seconds is None else f", ~{self.seconds:.0f}s left"

@@ -109,6 +109,39 @@ def _report_on(kind: str) -> Callable[[Path], list[str]]:
     return make
 
 
+def alias_bomb(levels: int) -> str:
+    """A list under sweep.seed whose level i holds level i-1 nine times: 9**levels values from a few
+    hundred bytes (issue 25: 6 levels took 259 s and 1.9 GB; 9 levels hung)."""
+    parts = ["&a0 [" + ", ".join(["0"] * 9) + "]"]
+    parts += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "[" + ", ".join(parts) + "]"
+
+
+def _bomb_file(levels: int) -> Callable[[Path], list[str]]:
+    return _config_file(f"sweep:\n  seed: {alias_bomb(levels)}\n")
+
+
+def _temp_dir_file(tmp: Path) -> list[str]:
+    (tmp / "afile").write_text("x")
+    return [*G, f"ray.temp_dir={tmp / 'afile'}"]
+
+
+def _long_out(component: bool) -> Callable[[Path], list[str]]:
+    def make(tmp: Path) -> list[str]:
+        tail = "x" * 256 if component else "/".join(["y" * 200] * 21)  # 256 > NAME_MAX; > 4096 bytes in all
+        return [*G, f"out={tmp / 'run' / tail}"]
+
+    return make
+
+
+def _verify_long(component: bool) -> Callable[[Path], list[str]]:
+    def make(tmp: Path) -> list[str]:
+        tail = "x" * 256 if component else "/".join(["y" * 200] * 21)
+        return ["verify", str(tmp / "run" / tail)]
+
+    return make
+
+
 def _download(tmp: Path) -> list[str]:
     return [f"data.root={tmp / 'dl'}", "data.name=mnist", "sweep={}", "loop.generations=1"]
 
@@ -181,6 +214,18 @@ CASES = [
          "data.n_reference"),
     Case("folder-unlabeled-classifier", _unlabeled_classifier, "metrics.features"),
     Case("download-offline", _download, "mnist", not_created=("dl",)),
+    # bounded inputs (issue 25, item 8) and every value validated, swept or not (issue 20, item 4)
+    Case("alias-bomb-6-levels", _bomb_file(6), "bad.yaml"),
+    Case("alias-bomb-9-levels", _bomb_file(9), "bad.yaml"),
+    Case("alias-bomb-override", [*G, f"sweep.seed={alias_bomb(9)}"], "sweep.seed"),
+    Case("out-component-256", _long_out(True), "out: a path component is 256 bytes", out=False),
+    Case("out-path-over-4096", _long_out(False), "out: the path is", out=False),
+    Case("verify-component-256", _verify_long(True), "the limit is 255", out=False),
+    Case("verify-path-over-4096", _verify_long(False), "the limit is 4096", out=False),
+    Case("ray-temp-dir-is-a-file", _temp_dir_file, "ray.temp_dir"),
+    Case("seed-negative-under-a-seed-sweep", [*G, "seed=-3", "sweep.seed=[4, 5, 6]"], "seed: must be at least 0"),
+    Case("sweep-bad-value", [*G, "sweep.loop.n_init=[100, -5]"], "sweep.loop.n_init"),
+    Case("sweep-duplicate-seed", [*G, "sweep.seed=[1, 1]"], "sweep.seed: lists 1 twice"),
     # the report command
     Case("report-not-a-run", _report_on("plain"), "notarun", out=False),
     Case("report-unwritable", _report_on("html_is_dir"), "report.html", out=False),
@@ -237,3 +282,23 @@ def test_at_least_40_bad_inputs():
 def test_out_checks_leave_the_existing_file_alone(results):
     tmp, proc = results["out-existing-file"]
     assert (tmp / "afile").read_text() == "x"
+
+
+@pytest.mark.parametrize("levels", [6, 9])
+def test_an_alias_bomb_is_refused_within_a_second(tmp_path, levels):
+    import time
+
+    from mad.config import ConfigError, load_config
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(f"sweep:\n  seed: {alias_bomb(levels)}\n")
+    assert len(path.read_bytes()) < 700
+    for args in ((path, []), (None, [f"sweep.seed={alias_bomb(levels)}"]), (None, [f"seed={alias_bomb(levels)}"])):
+        t0 = time.perf_counter()
+        with pytest.raises(ConfigError, match="expands to more than 10,000 values"):
+            load_config(*args)
+        assert time.perf_counter() - t0 < 1.0
+    # below the limit anchors and aliases load as before
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("seed: &s 3\nsweep:\n  data.dim: [*s, 4]\n")
+    assert load_config(ok).sweep == {"data.dim": [3, 4]}

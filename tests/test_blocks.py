@@ -136,17 +136,30 @@ def test_live_report_reads_only_new_lines_and_matches_a_full_read(tmp_path):
     from mad.report import LiveRun, load_run
 
     out = tmp_path / "run"
-    run_in_process(out, "loop.generations=3", "sweep={}", "sweep.seed=[0,1]")
+    # one commit per generation, so that the run can be put back to any point of its progress
+    run_in_process(out, "loop.generations=3", "sweep={}", "sweep.seed=[0,1]", "resources.block_size=0")
     path = out / "metrics.jsonl"
-    lines = path.read_text().splitlines(keepends=True)
+    lines = path.read_text().splitlines(keepends=True)  # in the order the driver appended them
+    full_records = {d: (d / "records.jsonl").read_text().splitlines(keepends=True)
+                    for d in out.glob("c*") if d.is_dir()}
+
+    def committed(k: int) -> None:
+        """The chains' records.jsonl as they were when metrics.jsonl held its first k lines."""
+        for d, recs in full_records.items():
+            n = sum(json.loads(x)["chain"] == d.name for x in lines[:k])
+            (d / "records.jsonl").write_text("".join(recs[:n]))
+
+    committed(2)
     path.write_text("".join(lines[:2]))
     live = LiveRun(out)
     first = live.load()
     assert sorted(first.rows) == sorted((json.loads(x)["chain"], json.loads(x)["gen"]) for x in lines[:2])
     # a line the driver is still writing is left for the next load
+    committed(4)
     with open(path, "a") as f:
         f.write(lines[2] + lines[3][:10])
     assert len(live.load().rows) == 3
+    committed(len(lines))
     with open(path, "a") as f:
         f.write(lines[3][10:] + "".join(lines[4:]))
     inc, full = live.load(), load_run(out)

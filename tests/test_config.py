@@ -83,7 +83,9 @@ def test_dry_run_prints_config_and_chains_and_writes_nothing(tmp_path):
 def test_every_shipped_config_loads(path):
     cfg = load_config(ROOT / path)  # validation included: mnist/cifar10 check their pools without downloading
     chains = plan_chains(cfg)
-    assert len(chains) == math.prod(len(v) for v in cfg.sweep.values())
+    baseline = [c for c in chains if c.name.endswith("-baseline")]  # report.phase.baseline=auto adds these
+    assert len(chains) - len(baseline) == math.prod(len(v) for v in cfg.sweep.values())
+    assert all(c.cfg.loop.n_synth == 0 and c.cfg.loop.kind == LoopKind.fresh_data for c in baseline)
     assert len({c.name for c in chains}) == len(chains)
     # no shipped chain reuses real data: each fits its finite pool without loop.allow_real_reuse
     pools = {"digits": 1797 - cfg.data.n_reference, "mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000}
@@ -100,3 +102,116 @@ def test_every_shipped_config_loads(path):
 def test_sweep_override_replaces_the_grid():
     assert len(expand_sweep(load_config(None, ["sweep={}"]))) == 1
     assert len(expand_sweep(load_config(None, ["sweep={seed: [1, 2]}"]))) == 2
+
+
+# ----------------------------------------------------------------------------- every value validated
+def _numeric_keys() -> list[tuple[str, str]]:
+    """(dotted key, its numeric type) of every int, float and list-of-int key, read from the schema's
+    type hints: a key added to the schema is swept here without being listed."""
+    import typing
+    from dataclasses import fields, is_dataclass
+
+    from mad.config import Config
+
+    out = []
+
+    def walk(cls, prefix):
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            hint = hints[f.name]
+            default = f.default_factory() if callable(f.default_factory) else f.default
+            if is_dataclass(default):
+                walk(type(default), f"{prefix}{f.name}.")
+                continue
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            base = args[0] if typing.get_origin(hint) is typing.Union and len(args) == 1 else hint
+            if base in (int, float) and base is not bool:
+                out.append((prefix + f.name, base.__name__))
+            elif typing.get_origin(base) is list and typing.get_args(base) == (int,):
+                out.append((prefix + f.name, "list"))
+
+    walk(Config, "")
+    return out
+
+
+NUMERIC = _numeric_keys()
+
+
+def test_the_schema_has_numeric_keys_in_every_section():
+    sections = {k.split(".")[0] for k, _ in NUMERIC}
+    assert {"seed", "data", "model", "train", "sample", "loop", "curate", "correct", "metrics", "resources",
+            "ray", "report"} <= sections
+    assert len(NUMERIC) >= 50
+
+
+@pytest.mark.parametrize("key,kind", NUMERIC, ids=[k for k, _ in NUMERIC])
+def test_every_numeric_key_refuses_a_bad_value_swept_or_not(key, kind):
+    """-1 is out of range for every numeric key (a count, a rate, a fraction, a seed); NaN for every
+    float. Swept or set directly, the same rule refuses it, naming the key."""
+    bad = ["[-1]"] if kind == "list" else ["-1"] + (["nan"] if kind == "float" else [])
+    for value in bad:
+        with pytest.raises(ConfigError) as err:
+            load_config(None, ["sweep={}", f"{key}={value}"])
+        assert err.value.key == key, str(err.value)
+        with pytest.raises(ConfigError) as err:
+            load_config(None, ["sweep={}", f"sweep.{key}=[{value}]"])
+        assert err.value.key == f"sweep.{key}", str(err.value)
+        assert "\n" not in str(err.value)
+
+
+def test_a_bad_base_value_is_refused_even_when_a_sweep_overrides_it():
+    with pytest.raises(ConfigError, match=r"^seed: must be at least 0"):
+        load_config(None, ["seed=-3", "sweep={seed: [4, 5, 6]}"])
+    with pytest.raises(ConfigError, match=r"^sample.bias: must be in \(0, 1\]"):
+        load_config(None, ["sample.bias=2", "sweep.sample.bias=[0.5, 1.0]"])
+    assert len(expand_sweep(load_config(None, ["seed=3", "sweep={seed: [4, 5, 6]}"]))) == 3
+
+
+@pytest.mark.parametrize("sweep,words", [
+    ("sweep.seed=[1, 1]", "lists 1 twice"),
+    ("sweep.sample.bias=[0.5, 1, 0.50]", "lists 0.5 twice"),
+    ("sweep.sample.bias=[1, 1.0]", "1 and 1.0 (the same value)"),
+    ("sweep.loop.kind=[fresh_data, fully_synthetic, fresh_data]", "lists 'fresh_data' twice"),
+    ("sweep.model.channels=[[8, 16], [8, 16]]", "twice"),
+])
+def test_duplicate_sweep_values_are_refused(sweep, words):
+    key = sweep.split("=")[0]
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [sweep])
+    assert err.value.key == key and words in str(err.value), str(err.value)
+
+
+# ----------------------------------------------------------------------------- metrics.features=auto
+def test_features_auto_is_the_default_and_picks_the_classifier_for_images_and_raw_for_vectors(tmp_path):
+    from mad.config import Features, MetricsConfig, config_notes, to_yaml
+
+    assert MetricsConfig().features == Features.auto
+    images = load_config(None, [])  # configs/default.yaml: digits
+    assert images.metrics.features == Features.classifier
+    assert config_notes(images) == ["metrics.features: auto -> classifier (data.name=digits is images: the "
+                                    "LeNet classifier)"]
+    assert "features: classifier" in to_yaml(images)  # what config.yaml holds
+    vectors = load_config(None, ["data.name=toy2d", "model.family=gmm"])
+    assert vectors.metrics.features == Features.raw and "features: raw" in to_yaml(vectors)
+    assert config_notes(vectors) == ["metrics.features: auto -> raw (data.name=toy2d is vectors)"]
+    unlabeled = load_config(None, ["data.name=folder", f"data.root={tmp_path}", "data.labels=false"])
+    assert unlabeled.metrics.features == Features.raw
+    chosen = load_config(None, ["metrics.features=raw"])
+    assert chosen.metrics.features == Features.raw and config_notes(chosen) == []
+    # a sweep over the data leaves the choice to each chain
+    swept = load_config(None, ["sweep={metrics.features: [auto, raw]}"])
+    assert swept.metrics.features == Features.auto and "chosen per chain" in config_notes(swept)[0]
+    assert [c.metrics.features for _, c in expand_sweep(swept)] == [Features.classifier, Features.raw]
+    with pytest.raises(ConfigError, match="^metrics.features: classifier needs image data"):
+        load_config(None, ["data.name=toy2d", "model.family=gmm", "metrics.features=classifier"])
+    # what stays impossible on the default config is the image diffusion family on vectors: named with the fits
+    with pytest.raises(ConfigError, match=r"^model.family: diffusion takes images data, .*for vectors: .*gmm"):
+        load_config(None, ["data.name=toy2d"])
+
+
+def test_features_auto_is_printed_once_by_the_command():
+    proc = run_cli("data.name=toy2d", "model.family=gmm", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if "metrics.features" in line]
+    assert lines == ["# metrics.features: auto -> raw (data.name=toy2d is vectors)"]
+    assert "  features: raw" in proc.stdout

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import ROOT
-from mad.progress import RunClock, eta_seconds
+from mad.progress import RunClock, TimeLeft, eta_seconds
 
 
 # ------------------------------------------------------------------ time left
@@ -28,35 +28,143 @@ def test_eta_spreads_the_work_over_the_chains_running_at_once():
     assert eta_seconds([0, 0], 2.0, 2) == 0.0
 
 
-def test_run_clock_excludes_start_up_and_counts_parallel_work_once_per_slot():
-    clock = RunClock(slots=2)
+class FakeClock:
+    """A time source the test moves by hand (seconds)."""
+
+    def __init__(self, t: float = 0.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_run_clock_excludes_start_up_and_credits_each_unit_its_share_of_the_slots():
+    t = FakeClock(100.0)  # Ray's start-up (100 s) happens before the first submission and does not count
+    clock = RunClock(slots=2, clock=t)
     assert clock.time_left([5]) is None  # nothing measured yet: no estimate rather than a wild one
-    # Ray's start-up (100 s) happens before the first submission and does not count
-    clock.in_flight(4, now=100.0)  # 4 chains submitted, 2 can run at once
-    clock.done(now=110.0)  # after 10 s, one generation done; the chain's next one submitted
-    clock.done(2, now=120.0)  # after 10 s more, two more done
-    # 2 slots busy for 20 s; the later half of it (110-120 s): 20 slot-seconds for 2 generations
-    assert clock.per_gen_s(now=120.0) == pytest.approx(10.0)
-    # 8 generations left over 2 slots; the old estimate (elapsed incl. start-up / generations done *
-    # generations left) would say 120 / 3 * 8 = 320 s
-    assert clock.time_left([2, 2, 2, 2], now=120.0) == pytest.approx(8 * 10.0 / 2)
-    # two blocks left: only 2 units of work can run, whatever the slots
-    wide = RunClock(slots=8)
-    wide.in_flight(2, now=0.0)
-    wide.done(10, now=10.0)  # 20 slot-seconds for 10 chain-generations
-    assert wide.time_left([1] * 10, parallel=2, now=10.0) == pytest.approx(10 * 2.0 / 2)
+    for chain in "abcd":  # 4 chains submitted, 2 can run at once: each unit gets half a slot
+        clock.submitted(chain)
+    t.t = 120.0
+    clock.finished("a")  # after 20 s: 20 * 2 / 4 = 10 slot-seconds
+    assert clock.per_gen_s() == pytest.approx(10.0)
+    clock.submitted("a2")
+    # 8 generations left (the 3 in flight included) over 2 slots, less the 3 * 10 slot-seconds the
+    # units in flight have done of them; the old estimate (elapsed incl. start-up / generations done
+    # * generations left) would say 120 / 1 * 8
+    assert clock.time_left([2, 2, 2, 2]) == pytest.approx((8 * 10.0 - 3 * 10.0) / 2)
+    # a block of 10 chain-generations on one of 8 CPUs, and only 2 blocks left to run
+    wide = RunClock(slots=8, clock=t)
+    wide.submitted("block", n=10)
+    t.t += 20.0
+    wide.finished("block", 10)  # 20 slot-seconds for 10 chain-generations
+    assert wide.time_left([1] * 10, parallel=2) == pytest.approx(10 * 2.0 / 2)
+    # a unit that failed says nothing of the cost of a generation
+    wide.submitted("bad")
+    t.t += 1000.0
+    wide.finished("bad", 0)
+    assert wide.per_gen_s() == pytest.approx(2.0)
 
 
 def test_run_clock_forgets_the_slow_first_generations():
-    clock = RunClock(slots=2)
-    clock.in_flight(2, now=0.0)
-    clock.done(1, now=30.0)  # the first generation: 30 s (workers start, reference statistics)
-    for t in range(40, 101, 10):
-        clock.done(2, now=float(t))  # then 2 generations every 10 s on 2 slots: 10 s each
-    # only the later half (50-100 s) counts: 100 slot-seconds for 10 generations
-    assert clock.per_gen_s(now=100.0) == pytest.approx(10.0)
-    # the whole history would have said 200 / 15
-    assert clock.busy_s / clock.finished == pytest.approx(200.0 / 15)
+    t = FakeClock(0.0)
+    clock = RunClock(slots=2, clock=t)
+    clock.submitted("a0"), clock.submitted("b0")
+    t.t = 30.0
+    clock.finished("a0"), clock.finished("b0")  # the first generations: 30 s (workers start, reference statistics)
+    for i in range(1, 8):
+        clock.submitted(f"a{i}"), clock.submitted(f"b{i}")
+        t.t += 10.0
+        clock.finished(f"a{i}"), clock.finished(f"b{i}")  # then 10 s each on 2 slots
+    # only the later half (50-100 s) counts
+    assert clock.per_gen_s() == pytest.approx(10.0)
+    # the whole history would have said 200 / 16
+    assert clock.busy_s / clock.n_finished == pytest.approx(200.0 / 16)
+
+
+def test_one_time_left_for_chains_that_finish_together():
+    # issue 20: three chains on three slots end their first generation (300 s) within a second; the
+    # old clock divided all the slot-seconds so far by the generations finished, giving three very
+    # different figures on three consecutive lines (1176 s, 809 s, 588 s)
+    t = FakeClock(0.0)
+    clock = RunClock(slots=3, clock=t)
+    eta = TimeLeft(clock)
+    for chain in "abc":
+        clock.submitted((chain, 1))
+    seen = []
+    for i, chain in enumerate("abc"):
+        t.t = 300.0 + 0.2 * i
+        clock.finished((chain, 1))
+        left = {c: 5 if j <= i else 6 for j, c in enumerate("abc")}  # 6 generations each
+        seen.append(eta.update(list(left.values())))
+        assert eta.text() == f", ~{seen[-1]:.0f}s left"
+        clock.submitted((chain, 2))
+    # one figure, give or take the 0.4 s between the lines: 5 more generations of ~300 s, side by side
+    assert max(seen) - min(seen) < 1.0, seen
+    assert seen[-1] == pytest.approx(5 * 300.0, rel=1e-3)
+
+
+def test_time_left_falls_monotonically_when_nothing_changes():
+    t = FakeClock(0.0)
+    clock = RunClock(slots=2, clock=t)
+    eta = TimeLeft(clock)
+    assert eta.text() == ""  # nothing measured: nothing printed
+    gens, n_chains = 6, 4
+    left = [gens] * n_chains
+    in_flight = {}
+    for c in range(2):  # 2 of the 4 chains at once, one generation of 10 s each
+        clock.submitted((c, 1)), in_flight.setdefault(c, 1)
+    queue = [2, 3]
+    figures = []
+    while in_flight:
+        t.t += 10.0
+        for c, g in sorted(in_flight.items()):
+            clock.finished((c, g))
+            left[c] -= 1
+        figures.append(eta.update(left))
+        done = [c for c in in_flight]
+        in_flight = {}
+        for c in done:
+            nxt = c if left[c] > 0 else (queue.pop(0) if queue else None)
+            if nxt is not None:
+                g = gens - left[nxt] + 1
+                clock.submitted((nxt, g))
+                in_flight[nxt] = g
+        if not in_flight and queue:
+            nxt = queue.pop(0)
+            clock.submitted((nxt, 1)), in_flight.setdefault(nxt, 1)
+    # a steady run: one figure per update, each lower than the last, 0 at the end
+    assert all(b < a for a, b in zip(figures, figures[1:])), figures
+    assert figures[-1] == 0.0
+    assert figures[0] == pytest.approx((4 * 6 - 2) * 10.0 / 2)  # 22 generations of 10 s on 2 slots
+
+    # between updates the estimate counts down with the clock, and stops (never below the
+    # work it knows of) when a generation runs later than measured
+    t2 = FakeClock(0.0)
+    clock = RunClock(slots=1, clock=t2)
+    clock.submitted("g1")
+    t2.t = 10.0
+    clock.finished("g1")
+    clock.submitted("g2")
+    at = [clock.time_left([2], now=s) for s in (10.0, 13.0, 16.0, 20.0, 30.0, 60.0)]
+    assert at == pytest.approx([20.0, 17.0, 14.0, 10.0, 10.0, 10.0])
+
+
+def test_the_lines_of_one_update_show_one_figure(ray_local, tmp_path, capsys):
+    """Three chains share generation 1 (the loop kinds differ from generation 2 on): one unit of
+    work, one update, three lines, one figure."""
+    from mad.config import load_config
+    from mad.driver import Driver
+
+    cfg = load_config("configs/experiment/gaussian.yaml", [
+        "sweep={loop.kind: [fully_synthetic, synthetic_augmentation, fresh_data]}", "loop.generations=3",
+        "resources.block_size=0", "report.html=false", "report.tensorboard=false", f"out={tmp_path / 'run'}"])
+    Driver(cfg).run()
+    lines = [line for line in capsys.readouterr().out.splitlines() if re.search(r"\] gen +\d+/3 ", line)]
+    assert len(lines) == 9, lines
+    first = [line for line in lines if " gen   1/3 " in line]
+    figures = {re.search(r"~(\d+)s left\)", line).group(1) for line in first}
+    assert len(first) == 3 and len(figures) == 1, first
+    assert all(re.search(r"~\d+s left\)", line) for line in lines), lines
 
 
 # ------------------------------------------------------------------ bars of a task that raises

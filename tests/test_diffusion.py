@@ -6,9 +6,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mad.config import DataConfig, DataName, Family, ModelConfig, SampleConfig, Scheduler, TrainConfig
+from diffusers import DDIMScheduler, DDPMScheduler
+
+from conftest import run_cli
+from mad.config import (ConfigError, DataConfig, DataName, Family, ModelConfig, SampleConfig, Scheduler, TrainConfig,
+                        expand_sweep, load_config)
 from mad.data.images import load_images
-from mad.models.diffusion import build_unet, evaluate_loss, sample, train
+from mad.models.diffusion import _make_scheduler, build_unet, evaluate_loss, sample, train
 
 SHAPE = (1, 8, 8)
 TINY_T = 100  # fewer diffusion timesteps: same code path, faster to learn in a few steps
@@ -113,13 +117,99 @@ def test_guidance_changes_conditional_samples(cond_state):
 
 
 def test_latent_scaling_changes_unconditional_samples(uncond_state):
-    a, ya = sample(uncond_state, 16, 0, SHAPE, tiny_model(False), tiny_sample(bias=1.0), seed=1, device="cpu")
-    b, _ = sample(uncond_state, 16, 0, SHAPE, tiny_model(False), tiny_sample(bias=0.5), seed=1, device="cpu")
+    ddim = Scheduler.ddim  # the unconditional lambda < 1 needs it; lambda = 1 samples with it too
+    a, ya = sample(uncond_state, 16, 0, SHAPE, tiny_model(False), tiny_sample(bias=1.0, scheduler=ddim), seed=1, device="cpu")
+    b, _ = sample(uncond_state, 16, 0, SHAPE, tiny_model(False), tiny_sample(bias=0.5, scheduler=ddim), seed=1, device="cpu")
     assert ya is None
     assert np.abs(a.astype(int) - b.astype(int)).mean() > 1.0
     # same seed and weights give the same images (deterministic DDIM)
-    c, _ = sample(uncond_state, 16, 0, SHAPE, tiny_model(False), tiny_sample(bias=0.5), seed=1, device="cpu")
+    c, _ = sample(uncond_state, 16, 0, SHAPE, tiny_model(False), tiny_sample(bias=0.5, scheduler=ddim), seed=1, device="cpu")
     np.testing.assert_array_equal(b, c)
+
+
+def test_ancestral_sampler_with_lambda_below_1_unconditional_is_refused_not_swapped(uncond_state):
+    # the old code swapped in DDIM here (with a warning) while the lambda = 1 chains stayed ancestral
+    with pytest.raises(ValueError, match="use sample.scheduler=ddim"):
+        sample(uncond_state, 4, 0, SHAPE, tiny_model(False), tiny_sample(bias=0.5, scheduler=Scheduler.ddpm),
+               seed=1, device="cpu")
+    # lambda = 1 with DDPM is the ancestral sampler: seeded, and not the DDIM images
+    a, _ = sample(uncond_state, 8, 0, SHAPE, tiny_model(False), tiny_sample(scheduler=Scheduler.ddpm), seed=1, device="cpu")
+    d, _ = sample(uncond_state, 8, 0, SHAPE, tiny_model(False), tiny_sample(scheduler=Scheduler.ddim), seed=1, device="cpu")
+    assert np.abs(a.astype(int) - d.astype(int)).mean() > 1.0
+
+
+SWEEP_LAMBDA = "sweep={sample.bias: [1.0, 0.8, 0.5]}"
+
+
+@pytest.mark.parametrize("conditional", [True, False])
+@pytest.mark.parametrize("scheduler", [Scheduler.ddim, Scheduler.ddpm])
+def test_every_lambda_of_a_sweep_uses_the_configured_sampler(conditional, scheduler):
+    args = [SWEEP_LAMBDA, f"sample.scheduler={scheduler.value}", "sample.steps=7", f"model.conditional={conditional}"]
+    if not conditional and scheduler == Scheduler.ddpm:
+        # no silent switch to DDIM for lambda < 1: the sweep is refused, naming both keys
+        with pytest.raises(ConfigError) as err:
+            load_config(None, args)
+        assert err.value.key == "sample.scheduler" and "sample.bias=0.8" in str(err.value)
+        assert "use sample.scheduler=ddim" in str(err.value)
+        return
+    chains = expand_sweep(load_config(None, args))
+    assert sorted(c.sample.bias for _, c in chains) == [0.5, 0.8, 1.0]
+    want = DDPMScheduler if scheduler == Scheduler.ddpm else DDIMScheduler
+    for _, c in chains:
+        sched, deterministic = _make_scheduler(c.model, c.sample, conditional)
+        assert type(sched) is want and deterministic == (scheduler == Scheduler.ddim), c.sample.bias
+        assert len(sched.timesteps) == 7
+
+
+@pytest.mark.parametrize("swept, key", [("sample.scheduler: [ddim, ddpm]", "sample.scheduler"),
+                                        ("sample.steps: [20, 50]", "sample.steps"),
+                                        ("sample.clip: [true, false]", "sample.clip")])
+def test_a_lambda_sweep_with_mixed_samplers_is_refused_at_load(swept, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"sweep={{sample.bias: [1.0, 0.5], {swept}}}"])
+    assert err.value.key == "sweep" and key in str(err.value) and "sample.bias" in str(err.value)
+    assert "\n" not in str(err.value)
+    # the sampler alone (one lambda) is a sampler comparison, and lambda alone a lambda sweep: both run
+    assert len(expand_sweep(load_config(None, [f"sweep={{{swept}}}"]))) == 2
+    assert len(expand_sweep(load_config(None, ["sweep={sample.bias: [1.0, 0.5]}"]))) == 2
+    # a family that reads no sampler keys samples the same way whatever they say
+    gauss = load_config("configs/experiment/gaussian.yaml", [f"sweep={{sample.bias: [1.0, 0.5], {swept}}}"])
+    assert len(expand_sweep(gauss)) == 4
+
+
+def test_mixed_sampler_lambda_sweep_through_run_py_one_line_exit_2(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("sweep={sample.bias: [1.0, 0.5], sample.scheduler: [ddim, ddpm]}", f"out={out}", timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert "sample.bias" in lines[0] and "sample.scheduler" in lines[0]
+    assert not out.exists()
+
+
+def test_unlabelled_folder_with_ancestral_lambda_below_1_is_refused_before_anything_is_written(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "images"  # no sub-folders: no labels, so the model is unconditional
+    root.mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((8, 8), 10 * i, np.uint8)).save(root / f"{i}.png")
+    out = tmp_path / "run"
+    proc = run_cli("data.name=folder", f"data.root={root}", "data.n_reference=4", "model.family=diffusion",
+                   "metrics.features=raw", "metrics.n_eval=8", "metrics.k=3", "loop.n_init=8", "loop.generations=1",
+                   "sweep={}", "sample.bias=0.5", "sample.scheduler=ddpm", f"out={out}", timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert "sample.scheduler" in lines[0] and "sample.bias=0.5" in lines[0]
+    assert not out.exists()
+
+
+def test_schema_default_sampler_is_ancestral_ddpm_over_the_full_T():
+    # BENCHMARKS.md "Sampler": the full-T ancestral DDPM with clipping is the best row
+    s = SampleConfig()
+    assert (s.scheduler, s.steps, s.clip) == (Scheduler.ddpm, None, True)
+    sched, deterministic = _make_scheduler(tiny_model(), s, conditional=True)
+    assert type(sched) is DDPMScheduler and not deterministic and len(sched.timesteps) == TINY_T
+    assert sched.config.clip_sample
 
 
 def test_ddpm_sampler_is_seeded(cond_state):

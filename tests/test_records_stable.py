@@ -3,9 +3,23 @@
 ``tests/data/records_45c884a.json`` holds the records that commit 45c884a (the last one before the
 families went behind ``mad.models.protocol.ModelFamily``, the typed jobs and the registry) wrote
 for the two runs below. Today's code must write the same records: every key the old ones carry, the
-same value. The only tolerance is for the Frechet distance, whose matrix square root was replaced
-(it agrees to ~4e-8 relative), and for torch's CPU round-off in the diffusion run; new keys (``logdet_ratio``) are allowed. The diffusion run pins
-``sample.clip=true``, the behaviour before ``sample.clip`` became a key.
+same value; new keys (``logdet_ratio``) are allowed. The diffusion run pins ``sample.clip=true``,
+the behaviour before ``sample.clip`` became a key.
+
+What must be equal and what may move, as measured (issue 20) with ``python
+benchmarks/golden_spread.py diffusion`` and ``... gaussian``, each case run with torch's threads
+inside the tasks at 1 and 2, OMP/MKL threads at 1 and 2, and ``ATEN_CPU_CAPABILITY`` at avx512
+(this machine), avx2 and default (no vector kernels), against the golden file written on another
+CPU of the same kind:
+
+* every key, every integer and string, the (chain, generation) set: equal in every setting, and
+  so compared exactly; the sample-count fractions (precision, recall, coverage, density,
+  label_accuracy) are floats but did not move either, and 1e-4 is far below their 1/n steps;
+* the diffusion run's other floats: the golden file is 2.8e-6 (FID) and 1.4e-5 (mean_confidence)
+  off here in every thread setting (threads do not change them: the CPU's kernels do), and 3.8e-5
+  (FID) with torch's scalar kernels; so 1e-4 relative, 2.6x the largest measured;
+* the Gaussian run (numpy only): bit-identical in every setting; 1e-12 relative, except the Frechet
+  distances (fid, w2) whose matrix square root was replaced since 45c884a (it agrees to ~4e-8): 1e-6.
 """
 from __future__ import annotations
 
@@ -33,6 +47,9 @@ RUNS = {
                    "sweep.loop.kind=[fully_synthetic,fresh_data]"]),
 }
 
+# relative tolerance of the floats, measured across CPUs' kernels and thread counts (see above)
+REL_TOL = {"diffusion": 1e-4, "gaussian": 1e-12}
+
 
 @pytest.mark.parametrize("family", sorted(RUNS))
 def test_records_equal_those_written_before_the_family_interface(family, tmp_path):
@@ -47,8 +64,7 @@ def test_records_equal_those_written_before_the_family_interface(family, tmp_pat
         for name, want in rec.items():
             got = new[key][name]
             if isinstance(want, float) and isinstance(got, float):
-                # torch's CPU kernels may round differently on another CPU: 1e-6 for the diffusion run
-                rel = 1e-6 if name in ("fid", "w2") or family == "diffusion" else 1e-12
+                rel = REL_TOL[family] if family == "diffusion" or name not in ("fid", "w2") else 1e-6
                 assert math.isclose(got, want, rel_tol=rel, abs_tol=1e-12), (key, name, got, want)
             else:
                 assert got == want, (key, name, got, want)

@@ -8,8 +8,8 @@ import pytest
 
 from conftest import run_cli
 from mad import artifacts
-from mad.config import (DataConfig, DataName, GMMConfig, KDEConfig, MLPDiffusionConfig, ModelConfig, SampleConfig,
-                        TrainConfig)
+from mad.config import (ConfigError, DataConfig, DataName, GMMConfig, KDEConfig, MLPDiffusionConfig, ModelConfig,
+                        SampleConfig, Scheduler, TrainConfig, expand_sweep, load_config)
 from mad.data import load_real
 from mad.metrics.modes import mode_metrics
 from mad.models import get_family
@@ -34,10 +34,11 @@ def test_train_sample_bias_and_reload(family, toy2d, tmp_path):
     pool, x, _ = toy2d
     fam, m = get_family(family), model_cfg(family)
     state = fam.train(x, None, 0, m, TRAIN, seed=3)
-    s1, y = fam.sample(state, 300, 0, (2,), m, SampleConfig(bias=1.0, steps=10), seed=7)
+    ddim = Scheduler.ddim  # mlp_diffusion's lambda < 1 needs it, and both lambdas sample with it
+    s1, y = fam.sample(state, 300, 0, (2,), m, SampleConfig(bias=1.0, steps=10, scheduler=ddim), seed=7)
     assert s1.shape == (300, 2) and y is None and np.isfinite(s1).all()
     # the same seed, lambda < 1: different samples, pulled towards the model's modes (less spread)
-    s_half, _ = fam.sample(state, 300, 0, (2,), m, SampleConfig(bias=0.3, steps=10), seed=7)
+    s_half, _ = fam.sample(state, 300, 0, (2,), m, SampleConfig(bias=0.3, steps=10, scheduler=ddim), seed=7)
     assert not np.allclose(s1, s_half)
     if family != "mlp_diffusion":  # lambda scales a covariance / bandwidth: samples hug the centres closer
         centres = (state["means"] if family == "gmm" else state["points"]).numpy()
@@ -52,8 +53,39 @@ def test_train_sample_bias_and_reload(family, toy2d, tmp_path):
     artifacts.write_state(tmp_path / "model.safetensors", state)
     back = artifacts.read_state(tmp_path / "model.safetensors")
     assert set(back) == set(state)
-    again, _ = fam.sample(back, 300, 0, (2,), m, SampleConfig(bias=1.0, steps=10), seed=7)
+    again, _ = fam.sample(back, 300, 0, (2,), m, SampleConfig(bias=1.0, steps=10, scheduler=ddim), seed=7)
     np.testing.assert_array_equal(again, s1)
+
+
+TOY_MLP = ["data.name=toy2d", "model.family=mlp_diffusion", "metrics.features=raw", "sample.steps=8",
+           "sweep={sample.bias: [1.0, 0.8, 0.5]}"]
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "ddpm"])
+def test_every_lambda_of_an_mlp_diffusion_sweep_uses_the_configured_sampler(scheduler, toy2d):
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    from mad.models.mlp_diffusion import _make_scheduler
+
+    args = [*TOY_MLP, f"sample.scheduler={scheduler}"]
+    if scheduler == "ddpm":
+        # ancestral sampling has no lambda < 1 here (the old code switched those chains to DDIM): refused
+        with pytest.raises(ConfigError) as err:
+            load_config(None, args)
+        assert err.value.key == "sample.scheduler" and "use sample.scheduler=ddim" in str(err.value)
+        fam, m = get_family("mlp_diffusion"), model_cfg("mlp_diffusion")
+        state = fam.train(toy2d[1], None, 0, m, TrainConfig(steps=2, batch_size=64), seed=0)
+        with pytest.raises(ValueError, match="use sample.scheduler=ddim"):
+            fam.sample(state, 10, 0, (2,), m, SampleConfig(bias=0.5, scheduler=Scheduler.ddpm), seed=0)
+        chains = expand_sweep(load_config(None, [*args, "sweep={}"]))  # lambda = 1 alone: ancestral
+        want = DDPMScheduler
+    else:
+        chains = expand_sweep(load_config(None, args))
+        assert sorted(c.sample.bias for _, c in chains) == [0.5, 0.8, 1.0]
+        want = DDIMScheduler
+    for _, c in chains:
+        sched, stochastic = _make_scheduler(c.model, c.sample, 1.0)
+        assert type(sched) is want and stochastic == (scheduler == "ddpm") and len(sched.timesteps) == 8
 
 
 def test_gmm_recovers_the_grid_and_lambda_scales_covariances(toy2d):

@@ -50,13 +50,16 @@ class Reference:
     reward_state: dict | None = None  # curation's reward network (another seed, half the pool): not the judge
 
 
-def _features_kind(cfg: MetricsConfig) -> Features:
+def _features_kind(cfg: MetricsConfig, x: Any) -> Features:
     value = cfg.features.value if isinstance(cfg.features, Features) else cfg.features
     try:
-        return Features(value)
+        kind = Features(value)
     except ValueError:
         choices = ", ".join(f.value for f in Features)
         raise ValueError(f"metrics.features: unknown feature kind {value!r}; choose one of {choices}") from None
+    if kind == Features.auto:  # load_config resolves it from the data set; a direct call, from the samples
+        return Features.raw if np.ndim(x) == 2 else Features.classifier
+    return kind
 
 
 _CLASSIFIERS: dict[str, TrainedClassifier] = {}  # per-process: rebuilt once per worker, not per call
@@ -165,7 +168,7 @@ def prepare_reference(ref_x: Any, ref_y: Any, train_x: Any, train_y: Any, cfg: M
     ``reward``: also the curation reward's network (``reward_state`` when the driver's cache held it),
     the same recipe with seed ``REWARD_SEED`` on ``reward_split`` of the training pool, for
     ``reward_epochs`` (as many optimiser steps as the judge)."""
-    kind = _features_kind(cfg)
+    kind = _features_kind(cfg, ref_x)
     state: dict | None = None
     class_hist: np.ndarray | None = None
     if kind == Features.classifier:
@@ -197,7 +200,7 @@ def evaluate(reference: Reference, x: Any, y: Any, cfg: MetricsConfig) -> dict[s
     fid, precision, recall, density, coverage; with classifier features also class_entropy,
     class_kl, mean_confidence (and label_accuracy when ``y`` is given) and ``class_hist``, the
     predicted-class fractions as a list. Plain floats otherwise."""
-    kind = _features_kind(cfg)
+    kind = _features_kind(cfg, x)
     if kind.value != reference.features_kind:
         raise ValueError(f"metrics.features is {kind.value!r} but the reference was prepared with "
                          f"{reference.features_kind!r}")

@@ -9,8 +9,11 @@ MAD's sampling bias lambda (``sample.bias``, 1 = unbiased):
 
 * conditional model (trained with label dropout): classifier-free guidance with
   weight ``w = 1/lambda - 1``, ``eps = eps_uncond + (1 + w) (eps_cond - eps_uncond)``;
-* unconditional model: a deterministic DDIM sampler (eta = 0, i.e. the probability-flow
-  ODE) started from ``N(0, lambda I)`` instead of ``N(0, I)``.
+* unconditional model: the sampler started from ``N(0, lambda I)`` instead of ``N(0, I)``,
+  which needs ``sample.scheduler=ddim`` (deterministic, eta = 0, i.e. the probability-flow ODE);
+  ancestral DDPM with lambda < 1 is refused, never swapped for DDIM.
+
+The sampler is ``sample.scheduler`` for every lambda.
 
 Images enter as uint8 NCHW and are scaled to [-1, 1]; samples leave as uint8 NCHW.
 Weights travel as a flat CPU ``state_dict`` (safetensors-ready), never as pickles.
@@ -18,7 +21,6 @@ Weights travel as a flat CPU ``state_dict`` (safetensors-ready), never as pickle
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import torch
@@ -27,7 +29,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 from mad import seeding
 from mad.divergence import DivergedError
-from mad.config import ModelConfig, SampleConfig, Scheduler, TrainConfig
+from mad.config import ModelConfig, SampleConfig, Scheduler, TrainConfig, sampling_steps
 from mad.pixels import resolve_device as _resolve_device, to_uint8, to_unit_range
 from mad.progress import progress_bar
 from mad.models.training import index_batches, make_ema
@@ -283,7 +285,8 @@ def evaluate_loss(
 
 # ----------------------------------------------------------------------------- sampling
 def _make_scheduler(model: ModelConfig, sample: SampleConfig, conditional: bool) -> tuple[DDIMScheduler | DDPMScheduler, bool]:
-    """The sampling scheduler and whether it is the deterministic DDIM (eta = 0).
+    """The sampling scheduler, ``sample.scheduler`` whatever lambda is, and whether it is the
+    deterministic DDIM (eta = 0).
 
     ``sample.clip`` is diffusers' ``clip_sample``: the predicted x0 clipped to [-1, 1] at every
     step, as in Ho et al.'s DDPM sampler, which MAD used. On the default config's generation-1
@@ -292,31 +295,32 @@ def _make_scheduler(model: ModelConfig, sample: SampleConfig, conditional: bool)
     0.86, FID 34; ancestral DDPM with 50-250 steps, clipped or not, stayed within 0.04 of that
     in precision, recall and coverage (density 0.76-0.83 against 0.82, FID 33-37). The deterministic DDIM did not: with clipping 20 steps gave
     precision 0.85, coverage 0.62, FID 73 (50 steps: coverage 0.46, FID 112), without it
-    precision 0.74 and recall 0.93, i.e. the sampler alone moved precision against recall. So
-    DDIM is kept only where MAD's bias needs a deterministic sampler: the unconditional model's
-    latent started from N(0, lambda I). There clipping does not wash the latent's scale out
-    (at t ~ T the predicted x0 saturates whatever lambda is, but the scale travels through the
-    eps term).
+    precision 0.74 and recall 0.93, i.e. the sampler alone moved precision against recall.
+
+    The sampler never depends on lambda: a lambda sweep that switched samplers would measure the
+    sampler with the bias. The unconditional model's lambda < 1 (the latent started from
+    N(0, lambda I)) is defined for DDIM only, so there ancestral DDPM is refused (at load time by
+    ``mad.config.check_sampler``; here for direct callers). With DDIM clipping does not wash the
+    latent's scale out (at t ~ T the predicted x0 saturates whatever lambda is, but the scale
+    travels through the eps term).
     """
     clip = bool(sample.clip)
     T = model.num_train_timesteps
-    latent_bias = not conditional and sample.bias < 1.0
+    if sample.scheduler == Scheduler.ddpm and not conditional and sample.bias < 1.0:
+        raise ValueError(f"sample.scheduler: ddpm with sample.bias={sample.bias} on an unconditional model: its "
+                         "lambda < 1 is defined for the deterministic sampler started from N(0, lambda I) only; "
+                         "use sample.scheduler=ddim")
+    steps = sampling_steps(model, sample)
     # "trailing" spacing starts the reverse chain at t = T-1, where x_T ~ N(0, I) is the
     # right prior (Lin et al. 2024); "leading" would start below T-1 with few steps.
-    if sample.scheduler == Scheduler.ddpm and not latent_bias:
+    if sample.scheduler == Scheduler.ddpm:
         # with steps < T diffusers' step() goes from each timestep to the next one of the spacing
         # through the posterior q(x_t' | x_t, x0): ancestral sampling of the shorter chain
         sched = DDPMScheduler(num_train_timesteps=T, clip_sample=clip, timestep_spacing="trailing")
-        sched.set_timesteps(min(sample.steps, T))
+        sched.set_timesteps(steps)
         return sched, False
-    if sample.scheduler == Scheduler.ddpm:
-        warnings.warn(
-            "sample.scheduler=ddpm with sample.bias < 1 on an unconditional model: MAD's bias for it is a "
-            "deterministic sampler started from N(0, lambda I), so DDIM (eta=0) is used instead",
-            stacklevel=3,
-        )
     sched = DDIMScheduler(num_train_timesteps=T, clip_sample=clip, timestep_spacing="trailing")
-    sched.set_timesteps(min(sample.steps, T))
+    sched.set_timesteps(steps)
     return sched, True
 
 

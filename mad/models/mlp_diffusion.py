@@ -2,8 +2,8 @@
 
 The vector counterpart of ``mad.models.diffusion`` (MAD's appendix runs its 2-D 25-mode mixture
 this way): the diffusers ``DDPMScheduler`` adds noise in training (epsilon prediction, MSE), an EMA
-of the weights is what sampling uses, and sampling runs diffusers' ``DDIMScheduler`` (or
-``DDPMScheduler`` with ``sample.scheduler=ddpm``). The noise schedule is the cosine one
+of the weights is what sampling uses, and sampling runs ``sample.scheduler``: diffusers'
+``DDPMScheduler`` (ancestral, the default) or ``DDIMScheduler`` (eta = 0). The noise schedule is the cosine one
 (``squaredcos_cap_v2``), which reaches pure noise for any ``model.mlp_diffusion.num_train_timesteps``;
 the linear default of image DDPMs is tuned for T = 1000.
 
@@ -16,7 +16,9 @@ alpha_bar is ~1e-5, amplify small noise-prediction errors into rare far outliers
 
 MAD's sampling bias lambda (``sample.bias``): the deterministic DDIM sampler (eta = 0) started from
 ``N(0, lambda I)`` instead of ``N(0, I)``, as ``mad.models.diffusion`` does for an unconditional
-image model. The data here carry no labels, so the family is unconditional.
+image model; it needs ``sample.scheduler=ddim`` (ancestral DDPM with lambda < 1 is refused, for
+every lambda the sampler is ``sample.scheduler``). The data here carry no labels, so the family is
+unconditional.
 
 State: the EMA weights under ``net.*`` plus ``data_mean`` and ``data_std`` (d,) and ``data_bound``
 (a scalar), all CPU tensors.
@@ -24,7 +26,6 @@ State: the EMA weights under ``net.*`` plus ``data_mean`` and ``data_std`` (d,) 
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Optional
 
 import numpy as np
@@ -139,13 +140,32 @@ def train(x: np.ndarray, y: Optional[np.ndarray], num_classes: int, model: Model
     return state
 
 
+def _make_scheduler(model: ModelConfig, sample: SampleConfig, data_bound: float):
+    """The sampling scheduler, ``sample.scheduler`` whatever lambda is, and whether it is the ancestral
+    (stochastic) DDPM. lambda < 1 (the start drawn from N(0, lambda I)) is defined for the deterministic
+    DDIM only, so ancestral DDPM with it is refused, not swapped for DDIM."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    T = int(model.mlp_diffusion.num_train_timesteps)
+    steps = T if sample.steps is None else min(int(sample.steps), T)  # None: the full T
+    stochastic = sample.scheduler == Scheduler.ddpm
+    if stochastic and sample.bias < 1.0:
+        raise ValueError(f"sample.scheduler: ddpm with sample.bias={sample.bias} on an unconditional model: its "
+                         "lambda < 1 is defined for the deterministic sampler started from N(0, lambda I) only; "
+                         "use sample.scheduler=ddim")
+    cls = DDPMScheduler if stochastic else DDIMScheduler
+    # "trailing" starts the reverse chain at t = T-1, where N(0, I) is the right prior
+    scheduler = cls(num_train_timesteps=T, beta_schedule=BETA_SCHEDULE, timestep_spacing="trailing",
+                    clip_sample=True, clip_sample_range=CLIP_MARGIN * max(1.0, data_bound))
+    scheduler.set_timesteps(steps)
+    return scheduler, stochastic
+
+
 @torch.no_grad()
 def sample(state: dict[str, torch.Tensor], n: int, num_classes: int, sample_shape: tuple, model: ModelConfig,
            sample: SampleConfig, seed: int, class_probs=None, progress: bool = False,
            device: Optional[str] = None) -> tuple[np.ndarray, None]:
     """``n`` vectors; deterministic for the same state, seed and ``sample.batch_size``."""
-    from diffusers import DDIMScheduler, DDPMScheduler
-
     if not (0.0 < sample.bias <= 1.0):
         raise ValueError(f"sample.bias must be in (0, 1], got {sample.bias}")
     dev = resolve_device(device)
@@ -154,17 +174,7 @@ def sample(state: dict[str, torch.Tensor], n: int, num_classes: int, sample_shap
     net = build_denoiser(model, dim)
     net.load_state_dict(sub_state(state, "net."))
     net.to(dev).eval()
-    T = int(model.mlp_diffusion.num_train_timesteps)
-    steps = min(int(sample.steps), T)
-    stochastic = sample.scheduler == Scheduler.ddpm and sample.bias == 1.0
-    if sample.scheduler == Scheduler.ddpm and not stochastic:
-        warnings.warn("sample.scheduler=ddpm with sample.bias < 1: MAD's bias here is a deterministic sampler "
-                      "started from N(0, lambda I), so DDIM (eta=0) is used instead", stacklevel=2)
-    cls = DDPMScheduler if stochastic else DDIMScheduler
-    # "trailing" starts the reverse chain at t = T-1, where N(0, I) is the right prior
-    scheduler = cls(num_train_timesteps=T, beta_schedule=BETA_SCHEDULE, timestep_spacing="trailing",
-                    clip_sample=True, clip_sample_range=CLIP_MARGIN * max(1.0, float(state["data_bound"])))
-    scheduler.set_timesteps(steps)
+    scheduler, stochastic = _make_scheduler(model, sample, float(state["data_bound"]))
     latent_gen = torch.Generator().manual_seed(seeding.derive_seed64(seed, 1))
     step_gen = torch.Generator(device=dev).manual_seed(seeding.derive_seed64(seed, 2))
     out = np.empty((n, dim), dtype=np.float64)

@@ -1,5 +1,6 @@
-"""Reading a run directory: config.yaml, chains.json, metrics.jsonl and the DONE markers into tidy
-records. Only finished generations count; a torn last line of metrics.jsonl is skipped.
+"""Reading a run directory: config.yaml, chains.json and each chain's records.jsonl (its lines checked
+against their SHA-256) into tidy records. Only finished generations count, and their numbers come
+from the records: metrics.jsonl is a convenience copy, compared and named when it disagrees.
 :class:`LiveRun` reads a growing run at a cost that does not grow with it.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from mad.artifacts import CHAINS, CONFIG, METRICS, PREVIEW, RunDir
+from mad.artifacts import CHAINS, CONFIG, METRICS, PREVIEW, RECORDS, RunDir
 from mad.report.names import METRIC_ORDER, NON_METRIC_KEYS
 
 BANDS = ("mean_std", "median_iqr")  # report.band: what a group of seeds draws
@@ -56,6 +57,8 @@ class RunData:
     rows: dict[tuple[str, int], dict[str, Any]]  # (chain, gen) -> metrics line; finished gens only
     metrics: list[str]
     sweep: dict[str, list[Any]]  # swept keys with their values, in config order
+    # one line when metrics.jsonl disagrees with the records the rows come from (None: it agrees)
+    metrics_note: Optional[str] = None
 
     def value(self, chain: str, gen: int, key: str) -> Optional[float]:
         return _finite(self.rows.get((chain, gen), {}).get(key))
@@ -136,7 +139,8 @@ def _read_chains(run_dir: Path, config: dict, lines: list[dict]) -> list[ChainIn
             first_line.setdefault(str(rec["chain"]), rec)
         names = list(first_line)
         for entry in sorted(os.scandir(run_dir), key=lambda e: e.name):  # chains with no line yet
-            if entry.is_dir() and entry.name not in first_line and (Path(entry.path) / "gen_001").is_dir():
+            if entry.is_dir() and entry.name not in first_line and ((Path(entry.path) / "gen_001").is_dir()
+                                                                or (Path(entry.path) / RECORDS).is_file()):
                 names.append(entry.name)
         for name in names:
             rec = first_line.get(name, {})
@@ -182,18 +186,36 @@ def load_run(run_dir: str | Path) -> RunData:
     lines = _read_metric_lines(run_dir / METRICS)
     chains = _read_chains(run_dir, config, lines)
     layout = RunDir(run_dir)
-    for c in chains:
-        # the driver's notion of finished: DONE, consecutive from generation 1 (after a gap it redoes)
-        c.done = layout.done_generations(c.name)
-    done = {c.name: set(c.done) for c in chains}
     rows: dict[tuple[str, int], dict] = {}
-    for rec in lines:  # a resumed driver may append a generation twice: the later line wins
+    for c in chains:
+        # the driver's notion of finished: whole lines whose SHA-256 checks, consecutive from
+        # generation 1 up to the last commit; their metrics are the numbers the report shows
+        if layout.layout(c.name) == "records":
+            state = layout.read_chain(c.name, full=True)
+            c.done = [f.gen for f in state.finished]
+            rows.update(((c.name, f.gen), f.metrics) for f in state.finished if isinstance(f.metrics, dict))
+            continue
+        c.done = layout.done_generations(c.name)  # a directory from before records.jsonl: metrics.json
+        for gen in c.done:
+            try:
+                rec = layout.read_generation_metrics(c.name, gen)
+            except (OSError, ValueError):
+                continue
+            if isinstance(rec, dict):
+                rows[(c.name, gen)] = rec
+    # metrics.jsonl is a convenience copy (appended after each commit; a resumed driver may append
+    # a generation twice, the later line wins): where it disagrees with the records, say so
+    copy: dict[tuple[str, int], dict] = {}
+    for rec in lines:
         try:
-            key = (str(rec["chain"]), int(rec["gen"]))
+            copy[(str(rec["chain"]), int(rec["gen"]))] = rec
         except (TypeError, ValueError):
             continue
-        if key[1] in done.get(key[0], ()):
-            rows[key] = rec
+    differ = sum(copy.get(k) != v for k, v in rows.items()) + sum(k not in rows for k in copy)
+    note = None
+    if differ:
+        note = (f"{run_dir / METRICS}: {differ} line(s) differ from the chains' records.jsonl (edited, "
+                "emptied or cut); the report uses the records")
     metric_keys = {k for rec in rows.values() for k, v in rec.items()
                    if k not in NON_METRIC_KEYS and "." not in k and _finite(v) is not None}
     sweep = config.get("sweep") if isinstance(config.get("sweep"), dict) else {}
@@ -205,7 +227,8 @@ def load_run(run_dir: str | Path) -> RunData:
                     seen[k].append(v)
         sweep = seen
     return RunData(run_dir=run_dir, config_text=text, config=config, chains=chains, rows=rows,
-                   metrics=_order_metrics(metric_keys), sweep={k: list(v) for k, v in sweep.items()})
+                   metrics=_order_metrics(metric_keys), sweep={k: list(v) for k, v in sweep.items()},
+                   metrics_note=note)
 
 
 class LiveRun:
