@@ -358,7 +358,8 @@ class LoopConfig:
     n_synth: Optional[int] = _key(None, check=Check(lambda v: v >= 0, "must be positive, or 0 for real data only"))
     synth_source: SynthSource = SynthSource.last
     last_k: int = _key(1, check=POSITIVE)
-    # Alternative to n_real/n_synth: a total per generation and the real share of it.
+    # Alternative to n_real/n_synth: a total per generation and the real share of it (fully synthetic:
+    # n_total synthetic samples, so every loop of a sweep trains on as many samples).
     real_fraction: Optional[float] = _key(None, check=UNIT)
     n_total: Optional[int] = _key(None, check=POSITIVE)
     # A finite pool refuses a chain that needs more distinct real samples than it holds; true lets
@@ -1106,10 +1107,16 @@ def expand_sweep(cfg: Config) -> List[tuple[Dict[str, Any], Config]]:
 
 # ----------------------------------------------------------------------------- validation
 def resolved_counts(loop: LoopConfig) -> tuple[int, int]:
-    """(n_real, n_synth) per generation t >= 2, after defaults and real_fraction."""
+    """(n_real, n_synth) per generation t >= 2, after defaults and real_fraction.
+
+    With ``real_fraction`` and ``n_total`` every loop trains on n_total samples per generation: a
+    share real_fraction of them real, the rest synthetic, and the fully synthetic loop (no real data)
+    n_total synthetic samples, so that the loops of one sweep compare like with like."""
     if loop.real_fraction is not None:
         n_real = int(round(loop.real_fraction * loop.n_total))
         n_synth = loop.n_total - n_real
+        if loop.kind == LoopKind.fully_synthetic:
+            return 0, loop.n_total
     else:
         n_real = loop.n_real if loop.n_real is not None else loop.n_init
         n_synth = loop.n_synth if loop.n_synth is not None else loop.n_init

@@ -195,7 +195,7 @@ class Driver:
         # Step-level bars only for models slow enough to need them (a Gaussian generation takes ms).
         # Bars redraw in place on a terminal; in a log file they would only pile up lines.
         self._bars = not self.quiet and not get_family(cfg.model.family).cheap and sys.stdout.isatty()
-        self._to_cache: dict[Any, str] = {}  # reference ref -> cache_dir of a classifier still to cache
+        self._to_cache: dict[Any, tuple[str, bool]] = {}  # reference ref -> (cache_dir, reward net too) to cache
         self._console: Optional[ConsoleBars] = None  # the workers' bars, drawn here (mad/progress.py)
         self._clock = RunClock(1)  # the measured cost of a chain-generation, for the time left
         self._eta = TimeLeft(self._clock)  # the run's one time-left figure, once per update
@@ -578,14 +578,19 @@ class Driver:
                           getattr(err, "summary", str(err)), path)
 
     def _submit_reference(self, stages, ref_x, ref_y, pool, pool_ref, metrics) -> Any:
-        """The reference task, given the cached classifier when the driver's cache holds it; a newly
-        trained one comes back inside the reference and the driver caches it (tasks never write)."""
+        """The reference task, given the cached classifiers when the driver's cache holds them (the
+        metrics' one; the curation reward's own network when a chain curates by classifier confidence);
+        newly trained ones come back inside the reference and the driver caches them (tasks never write)."""
+        from mad.config import Reward
         from mad.tasks import cached_classifier
 
+        reward = any(c.cfg.curate.reward == Reward.classifier_confidence for c in self.chains)
         state = cached_classifier(pool, metrics)
-        ref = stages.prepare_reference.remote(ref_x, ref_y, pool_ref, metrics, state, self.cfg.seed)
-        if state is None and metrics.features.value == "classifier":
-            self._to_cache[ref] = metrics.cache_dir
+        reward_state = cached_classifier(pool, metrics, reward=True) if reward else None
+        ref = stages.prepare_reference.remote(ref_x, ref_y, pool_ref, metrics, state, self.cfg.seed, reward,
+                                              reward_state)
+        if metrics.features.value == "classifier" and (state is None or (reward and reward_state is None)):
+            self._to_cache[ref] = (metrics.cache_dir, reward)
         return ref
 
     def _cache_classifiers(self, remote) -> None:
@@ -596,10 +601,12 @@ class Driver:
         from mad.metrics.features import save_classifier_state
 
         for ref in done:
-            cache_dir = self._to_cache.pop(ref)
+            cache_dir, reward = self._to_cache.pop(ref)
             try:
-                state = remote.get(ref).extractor_state
-                save_classifier_state(state, cache_dir)
+                reference = remote.get(ref)
+                for state in (reference.extractor_state, reference.reward_state if reward else None):
+                    if state is not None:
+                        save_classifier_state(state, cache_dir)
             except (OSError, remote.TaskFailure) as err:  # a cache is an optimisation, never a reason to stop
                 print(f"mad: warning: classifier not cached in {cache_dir}: {err}", file=sys.stderr)
 

@@ -64,11 +64,10 @@ def plan_notes(cfg: Config, chains: list[Chain]) -> list[str]:
                      f"(not a valid config, e.g. more fresh real draws than the data set holds); n_e beyond "
                      f"the largest measured n is extrapolated")
     short: dict[tuple, tuple[int, float]] = {}
-    fresh = 0
-    for c in chains:
-        if c.cfg.loop.kind != LoopKind.fresh_data:
-            continue
-        fresh += 1
+    fresh = [c for c in chains if c.cfg.loop.kind == LoopKind.fresh_data]
+    if not any(resolved_counts(c.cfg.loop)[1] == 0 for c in fresh):
+        fresh = []  # no real-only chains: no phase diagram to warn about
+    for c in fresh:
         n_real, n_synth = resolved_counts(c.cfg.loop)
         need = mixing_generations(n_real, n_synth, c.cfg.sample.bias)
         if c.cfg.loop.generations < need - 1e-9:

@@ -252,9 +252,9 @@ def _run_block(chains, pool, reference, real, n_gens, keep_samples, keep_models)
 
 
 @ray.remote
-def _prepare_reference(ref_x, ref_y, pool, metrics, classifier_state=None, seed=0):
+def _prepare_reference(ref_x, ref_y, pool, metrics, classifier_state=None, seed=0, reward=False, reward_state=None):
     _use_assigned_resources()
-    return tasks.prepare_reference(ref_x, ref_y, pool, metrics, classifier_state, seed)
+    return tasks.prepare_reference(ref_x, ref_y, pool, metrics, classifier_state, seed, reward, reward_state)
 
 
 class Stages:

@@ -173,10 +173,11 @@ def sample_shard(job: SampleJob, state: dict, device: Optional[str] = None) -> S
 
 
 def classifier_confidence(reference: Any, x: np.ndarray, y: Optional[np.ndarray]) -> np.ndarray:
-    """Per sample: the metrics' classifier's max softmax probability (``mean_confidence`` is its mean)."""
-    from mad.metrics.evaluate import sample_confidence
+    """Per sample: the max softmax probability of the reward's own LeNet (another seed, half the pool),
+    not the metrics' classifier, so curation does not optimise the judge (``mean_confidence``, FID)."""
+    from mad.metrics.evaluate import reward_confidence
 
-    return sample_confidence(reference, x)
+    return reward_confidence(reference, x)
 
 
 # curate.reward -> per-sample reward (reference, x, y) -> (n,); another reward is one more entry
@@ -286,25 +287,28 @@ def floor_sample(pool: RealPool, seed: int, n: int) -> Optional[np.ndarray]:
 
 
 def prepare_reference(ref_x, ref_y, pool: RealPool, metrics: MetricsConfig, classifier_state: Optional[dict] = None,
-                      seed: int = 0):
+                      seed: int = 0, reward: bool = False, reward_state: Optional[dict] = None):
     """The metrics' reference, with the run's FID floor (``metrics.n_eval`` real samples of the pool
-    scored against the reference set, drawn from the run's ``seed``); a task writes nothing (the
-    driver caches a newly trained classifier)."""
+    scored against the reference set, drawn from the run's ``seed``) and, with ``reward``, the curation
+    reward's own network; a task writes nothing (the driver caches newly trained classifiers)."""
     from mad.metrics import prepare_reference as _prepare
 
     return _prepare(ref_x, ref_y, pool.x, pool.y, metrics, pool.num_classes or None,
                     classifier_state=classifier_state, use_cache=False,
-                    floor_x=floor_sample(pool, seed, int(metrics.n_eval)))
+                    floor_x=floor_sample(pool, seed, int(metrics.n_eval)), reward=reward, reward_state=reward_state)
 
 
-def cached_classifier(pool: RealPool, metrics: MetricsConfig) -> Optional[dict]:
-    """The driver's look-up of the classifier cache for this pool (None: not cached, or not needed)."""
+def cached_classifier(pool: RealPool, metrics: MetricsConfig, reward: bool = False) -> Optional[dict]:
+    """The driver's look-up of the classifier cache for this pool (None: not cached, or not needed);
+    ``reward``: the curation reward's network instead of the metrics' one."""
     if metrics.features != Features.classifier or pool.x is None or pool.y is None:
         return None
-    from mad.metrics.features import cached_classifier_state
+    from mad.metrics.features import REWARD_SEED, cached_classifier_state, reward_epochs, reward_split
 
-    return cached_classifier_state(pool.x, pool.y, pool.num_classes or None, metrics.cache_dir,
-                                   epochs=metrics.classifier_epochs)
+    x, y, seed, epochs = pool.x, pool.y, 0, metrics.classifier_epochs
+    if reward:
+        (x, y), seed, epochs = reward_split(pool.x, pool.y), REWARD_SEED, reward_epochs(epochs)
+    return cached_classifier_state(x, y, pool.num_classes or None, metrics.cache_dir, epochs=epochs, seed=seed)
 
 
 def run_block(chains: list, pool: RealPool, reference, real: Optional[RealDistribution],

@@ -109,9 +109,10 @@ def test_classifier_reward_needs_the_classifier_one_line_exit_2(tmp_path):
 
 # ----------------------------------------------------------------------------- curation on a real classifier
 def test_curation_by_classifier_confidence_keeps_the_confident_candidates():
-    """The stage task on real scores: the metrics' LeNet trained on the digits; candidates are held-out
-    digits and the same digits washed out with noise. Curation must keep more confident samples than it
-    was given, mostly the clean ones, deterministically for its seed."""
+    """The stage task on real scores: the reward's own LeNet (another seed, half the pool; not the metrics'
+    judge) trained on the digits; candidates are held-out digits and the same digits washed out with
+    noise. Curation must keep more confident samples than it was given, mostly the clean ones,
+    deterministically for its seed; the judge's confidence rises too, but it is not what was optimised."""
     from sklearn.datasets import load_digits
 
     from mad.metrics import prepare_reference
@@ -123,7 +124,21 @@ def test_curation_by_classifier_confidence_keeps_the_confident_candidates():
     perm = np.random.default_rng(0).permutation(len(x))
     train, held = perm[:1297], perm[1297:]
     metrics = MetricsConfig(features="classifier", n_eval=200, classifier_epochs=3)
-    ref = prepare_reference(x[held][:300], y[held][:300], x[train], y[train], metrics, 10, use_cache=False)
+    ref = prepare_reference(x[held][:300], y[held][:300], x[train], y[train], metrics, 10, use_cache=False,
+                            reward=True)
+    # the reward network is not the judge: other weights, trained on another half of the pool with another seed
+    from mad.metrics.evaluate import reward_confidence
+    from mad.metrics.features import REWARD_SEED, classifier_cache_key, reward_split
+
+    assert ref.reward_state is not None and ref.reward_state["key"] != ref.extractor_state["key"]
+    rx, ry = reward_split(x[train], y[train])
+    assert len(rx) == 1297 // 2
+    assert ref.reward_state["key"] == classifier_cache_key(rx, ry, 10, 6, REWARD_SEED)  # twice the epochs on half the data
+    judge_w = [np.asarray(v) for v in ref.extractor_state["weights"].values()]
+    reward_w = [np.asarray(v) for v in ref.reward_state["weights"].values()]
+    assert not all(np.array_equal(a, b) for a, b in zip(judge_w, reward_w))
+    held_conf = x[held][300:500]
+    assert not np.allclose(reward_confidence(ref, held_conf), sample_confidence(ref, held_conf))
     clean = x[held][300:500]
     noise = np.random.default_rng(1).integers(0, 256, clean.shape)
     noisy = (0.45 * clean + 0.55 * noise).astype(np.uint8)
@@ -137,8 +152,9 @@ def test_curation_by_classifier_confidence_keeps_the_confident_candidates():
                          correct=CorrectConfig())
     (kx, ky), counts = tasks.apply_stage(job, pool, ref, [(cand, y[held][300:500][order % 200])])
     assert counts == {"stage_produced": 400, "stage_kept": 100, "stage_changed": 0}
-    conf_all, conf_kept = sample_confidence(ref, cand).mean(), sample_confidence(ref, kx).mean()
+    conf_all, conf_kept = reward_confidence(ref, cand).mean(), reward_confidence(ref, kx).mean()
     assert conf_kept > conf_all + 0.05, (conf_kept, conf_all)
+    assert np.array_equal(tasks.classifier_confidence(ref, cand, None), reward_confidence(ref, cand))
     kept_clean = np.mean([any(np.array_equal(k, c) for c in cand[is_clean]) for k in kx])
     assert kept_clean > 0.7 and is_clean.mean() == 0.5
     (kx2, _), _ = tasks.apply_stage(job, pool, ref, [(cand, y[held][300:500][order % 200])])

@@ -16,7 +16,10 @@ from mad.config import Features, MetricsConfig
 from mad.metrics.features import (
     TrainedClassifier,
     inception_features,
+    REWARD_SEED,
     load_or_train_classifier,
+    reward_epochs,
+    reward_split,
     raw_features,
     train_classifier,
 )
@@ -24,7 +27,8 @@ from mad.metrics.frechet import feature_stats, fid_to_reference, frechet_distanc
 from mad.metrics.mmd import KIDPlan, default_subset_size, kid_plan, kid_score
 from mad.metrics.prdc import compute_knn_sq_radii, prdc
 
-__all__ = ["Reference", "prepare_reference", "evaluate", "extract_features", "class_metrics", "sample_confidence"]
+__all__ = ["Reference", "prepare_reference", "evaluate", "extract_features", "class_metrics", "sample_confidence",
+           "reward_confidence"]
 
 KL_EPS = 1e-6  # smoothing so a class the generator never produces gives a finite KL
 
@@ -47,6 +51,7 @@ class Reference:
     kid_plan: KIDPlan | None = None  # KID's subsets for metrics.n_eval generated samples (None: no KID)
     # the floor: fid / kid of real samples disjoint from the reference set, as many as are scored
     floor: dict | None = None
+    reward_state: dict | None = None  # curation's reward network (another seed, half the pool): not the judge
 
 
 def _features_kind(cfg: MetricsConfig, x: Any) -> Features:
@@ -86,6 +91,16 @@ def extract_features(kind: Features, x: Any, extractor_state: dict | None) -> tu
     if kind == Features.inception:
         return inception_features(x), None
     raise ValueError(f"metrics.features: unknown feature kind {kind!r}")  # pragma: no cover
+
+
+def reward_confidence(reference: Reference, x: Any) -> np.ndarray:
+    """Per sample: the max softmax probability of the curation reward's own network (another seed and
+    half the pool, ``prepare_reference(reward=True)``), so curation does not optimise the judge that
+    scores FID, precision and mean_confidence."""
+    if reference.reward_state is None:
+        raise ValueError("curate.reward=classifier_confidence needs the reward network; the reference was "
+                         "prepared without it (prepare_reference(..., reward=True))")
+    return _classifier_from_state(reference.reward_state).predict(x)[1].max(1)
 
 
 def sample_confidence(reference: Reference, x: Any) -> np.ndarray:
@@ -141,9 +156,23 @@ def _subset_size(n1: int, n2: int, cfg: MetricsConfig) -> int:
     return max(2, min(m, n1, n2))
 
 
+def _classifier(x: Any, y: Any, num_classes: int | None, cfg: MetricsConfig, state: dict | None,
+                use_cache: bool, seed: int = 0, epochs: int | None = None) -> TrainedClassifier:
+    epochs = cfg.classifier_epochs if epochs is None else epochs
+    if state is not None:
+        clf = TrainedClassifier.from_state(state)
+    elif use_cache:
+        clf = load_or_train_classifier(x, y, num_classes, cfg.cache_dir, epochs=epochs, seed=seed)
+    else:
+        clf = train_classifier(x, y, num_classes, epochs=epochs, seed=seed)
+    _CLASSIFIERS[clf.key] = clf
+    return clf
+
+
 def prepare_reference(ref_x: Any, ref_y: Any, train_x: Any, train_y: Any, cfg: MetricsConfig,
                       num_classes: int | None, classifier_state: dict | None = None,
-                      use_cache: bool = True, floor_x: Any = None) -> Reference:
+                      use_cache: bool = True, floor_x: Any = None, reward: bool = False,
+                      reward_state: dict | None = None) -> Reference:
     """Features and statistics of the held-out reference set, computed once per run.
 
     With ``features=classifier`` the classifier is ``classifier_state`` when given (the driver
@@ -155,20 +184,17 @@ def prepare_reference(ref_x: Any, ref_y: Any, train_x: Any, train_y: Any, cfg: M
 
     ``floor_x``: real samples disjoint from ``ref_x`` (``metrics.n_eval`` of them), scored once like a
     generated set: ``fid_floor`` and ``kid_floor`` are what a perfect model would get at this sample
-    size (FID's small-sample bias), added to every scored generation's record."""
+    size (FID's small-sample bias), added to every scored generation's record.
+
+    ``reward``: also the curation reward's network (``reward_state`` when the driver's cache held it),
+    the same recipe with seed ``REWARD_SEED`` on ``reward_split`` of the training pool, for
+    ``reward_epochs`` (as many optimiser steps as the judge)."""
     kind = _features_kind(cfg, ref_x)
     state: dict | None = None
     class_hist: np.ndarray | None = None
     if kind == Features.classifier:
-        if classifier_state is not None:
-            clf = TrainedClassifier.from_state(classifier_state)
-        elif use_cache:
-            clf = load_or_train_classifier(train_x, train_y, num_classes, cfg.cache_dir,
-                                           epochs=cfg.classifier_epochs)
-        else:
-            clf = train_classifier(train_x, train_y, num_classes, epochs=cfg.classifier_epochs)
+        clf = _classifier(train_x, train_y, num_classes, cfg, classifier_state, use_cache)
         state = clf.state()
-        _CLASSIFIERS[clf.key] = clf
         feats, probs = clf.predict(ref_x)
         class_hist = _histogram(probs)
     elif kind == Features.inception:
@@ -181,8 +207,14 @@ def prepare_reference(ref_x: Any, ref_y: Any, train_x: Any, train_y: Any, cfg: M
     sq_radii = compute_knn_sq_radii(feats, k) if len(feats) > k else None
     shape = tuple(np.shape(ref_x)[1:])
     heldout = np.asarray(ref_x, dtype=np.float64) if len(shape) == 1 else None
+    reward_net = None
+    if reward and kind == Features.classifier:
+        rx, ry = reward_split(train_x, train_y)
+        reward_net = _classifier(rx, ry, num_classes, cfg, reward_state, use_cache, seed=REWARD_SEED,
+                                 epochs=reward_epochs(cfg.classifier_epochs)).state()
     ref = Reference(kind.value, feats, mu, sigma, class_hist, state, sq_radii, k, shape, sqrt_psd(sigma),
-                    heldout=heldout, kid_plan=_kid_plan_for(feats, int(cfg.n_eval), cfg))
+                    heldout=heldout, kid_plan=_kid_plan_for(feats, int(cfg.n_eval), cfg),
+                    reward_state=reward_net)
     if floor_x is not None and len(floor_x) >= 2:
         floor_feats, _ = extract_features(kind, floor_x, state)
         ref.floor = {"fid_floor": fid_to_reference(mu, sigma, ref.sigma_sqrt, floor_feats)}

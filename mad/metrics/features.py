@@ -33,6 +33,9 @@ __all__ = [
     "train_classifier",
     "load_or_train_classifier",
     "cached_classifier_state",
+    "REWARD_SEED",
+    "reward_split",
+    "reward_epochs",
     "save_classifier_state",
     "classifier_cache_key",
     "raw_features",
@@ -173,6 +176,23 @@ def _check_labels(images: np.ndarray, labels: Any, num_classes: int | None) -> t
     if n_cls < 2:
         raise ValueError(f"a classifier needs at least 2 classes, got {n_cls}")
     return y.astype(np.int64), n_cls
+
+
+# The curation reward's network (not the metrics' judge): the same recipe with another seed, trained on
+# half of the training pool drawn with that seed, so its weights and errors are its own.
+REWARD_SEED = 1
+
+
+def reward_epochs(epochs: int) -> int:
+    """Epochs of the reward network: twice the judge's on half the data, so as many optimiser steps."""
+    return 2 * int(epochs)
+
+
+def reward_split(images: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The half of the training pool the reward network trains on (a seeded draw, fixed per pool)."""
+    x, y = np.asarray(images), np.asarray(labels)
+    keep = np.sort(np.random.default_rng(REWARD_SEED).permutation(len(x))[: max(2, len(x) // 2)])
+    return x[keep], y[keep]
 
 
 def classifier_cache_key(images: Any, labels: Any, num_classes: int | None, epochs: int, seed: int = 0) -> str:
