@@ -21,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-_GRACE_S = 3.0
+_GRACE_S = 3.0  # for SIGTERM
+_KILL_S = 5.0  # for SIGKILL, processes found later included
 
 
 def start(temp_root: str) -> int:
@@ -37,8 +38,30 @@ def start(temp_root: str) -> int:
     return write_fd
 
 
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + os.sep)
+
+
+def _holds_files_in(pid: str, root: str) -> bool:
+    """Has the process its working directory, or a file open, inside ``root``?"""
+    try:
+        if _inside(os.readlink(f"/proc/{pid}/cwd"), root):
+            return True
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if _inside(os.readlink(f"/proc/{pid}/fd/{fd}"), root):
+                    return True
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return False
+
+
 def session_processes(temp_root: str) -> list[int]:
-    """PIDs of the processes whose environment says RAY_TMPDIR=temp_root (this run's Ray)."""
+    """PIDs of this run's Ray: the processes whose environment says RAY_TMPDIR=temp_root, or that
+    hold a file inside it (its logs, sockets and session files), for a process whose environment
+    block was overwritten (a process title set over it) still holds those."""
     tag = f"RAY_TMPDIR={temp_root}".encode()
     me = os.getpid()
     pids = []
@@ -47,30 +70,37 @@ def session_processes(temp_root: str) -> list[int]:
             continue
         try:
             with open(f"/proc/{entry.name}/environ", "rb") as f:
-                if tag in f.read().split(b"\0"):
-                    pids.append(int(entry.name))
+                tagged = tag in f.read().split(b"\0")
         except OSError:  # gone, or not ours
             continue
+        if tagged or _holds_files_in(entry.name, temp_root):
+            pids.append(int(entry.name))
     return pids
 
 
-def reap(temp_root: str) -> None:
-    """Terminate this run's Ray processes (SIGTERM, then SIGKILL after a grace period); remove the folder."""
-    pids = session_processes(temp_root)
+def _signal(pids: list[int], signum: int) -> None:
     for pid in pids:
         try:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signum)
         except OSError:
             pass
+
+
+def reap(temp_root: str) -> None:
+    """Terminate this run's Ray processes (SIGTERM, then SIGKILL after a grace period, then SIGKILL
+    again for any found later, such as a process started while the others stopped) and remove the
+    folder."""
+    pids = session_processes(temp_root)
+    _signal(pids, signal.SIGTERM)
     deadline = time.monotonic() + _GRACE_S
     while pids and time.monotonic() < deadline:
         time.sleep(0.1)
         pids = session_processes(temp_root)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
+    deadline = time.monotonic() + _KILL_S
+    while pids and time.monotonic() < deadline:
+        _signal(pids, signal.SIGKILL)
+        time.sleep(0.05)
+        pids = session_processes(temp_root)
     shutil.rmtree(temp_root, ignore_errors=True)
 
 

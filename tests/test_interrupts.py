@@ -129,23 +129,38 @@ def test_sigint_and_sigterm_stop_a_block_run_in_2s_with_one_line_and_resume_iden
     assert parent.stat().st_mode & 0o777 == 0o700
 
 
+SIGKILL_TRIES = int(os.environ.get("MAD_SIGKILL_TRIES", "3"))  # MAD_SIGKILL_TRIES=20: the issue's 20 out of 20
+GONE_S = 10.0  # no process of the run's Ray is left this long after the driver's SIGKILL
+
+
+@pytest.mark.slow
 def test_sigkill_of_the_driver_alone_leaves_no_ray_process(tmp_path, ray_base):
-    run = tmp_path / "run"
-    proc = _start(*GAUSS, "loop.generations=3000", f"ray.temp_dir={ray_base}", f"out={run}", "--quiet")
-    _wait_for("c00-*", 2, run, proc)
-    root = _ray_root_of(proc.pid)
-    assert root.startswith(str(ray_base)) and len(session_processes(root)) >= 2  # GCS, raylet, agents, workers
+    """Issue 25 case 6: ray::DashboardAgent and ray::RuntimeEnvAgent were alive 20 s after kill -9 once
+    in three tries. Each try kills the driver alone, as the OOM killer does, after 1, 5 or 10 records."""
+    for i in range(SIGKILL_TRIES):
+        run = tmp_path / f"run{i}"
+        proc = _start(*GAUSS, "loop.generations=3000", f"ray.temp_dir={ray_base}", f"out={run}", "--quiet")
+        _wait_for("c00-*", (1, 5, 10)[i % 3], run, proc)
+        root = _ray_root_of(proc.pid)
+        assert root.startswith(str(ray_base)) and len(session_processes(root)) >= 2  # GCS, raylet, agents, workers
+        try:
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=60)
+            killed = time.monotonic()
+            while (session_processes(root) or Path(root).exists()) and time.monotonic() - killed < GONE_S:
+                time.sleep(0.2)
+            left = [_name(pid) for pid in session_processes(root)]
+            assert left == [], f"try {i + 1}: Ray processes left {GONE_S:.0f} s after the driver died: {left}"
+            assert not Path(root).exists(), f"try {i + 1}: {root} left"
+        finally:
+            reap(root)  # never leave a stray Ray behind for the next test, whatever happened
+
+
+def _name(pid: int) -> str:
     try:
-        proc.send_signal(signal.SIGKILL)  # the driver only, as the OOM killer does
-        proc.communicate(timeout=60)
-        deadline = time.monotonic() + 30
-        while session_processes(root) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        left = session_processes(root)
-        assert left == [], f"Ray processes left 30 s after the driver died: {left}"
-        assert not Path(root).exists()
-    finally:
-        reap(root)  # never leave a stray Ray behind for the next test, whatever happened
+        return f"{pid} " + Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")[:80]
+    except OSError:
+        return f"{pid} (gone)"
 
 
 def test_an_exception_inside_a_task_is_one_line_with_chain_generation_stage_and_traceback_file(tmp_path):
