@@ -554,6 +554,35 @@ def _convert_error(err: Exception) -> ConfigError:
     return ConfigError("", _one_line(str(err)))
 
 
+_COUNTS = ("n_real", "n_synth")  # the two ways to size a later generation: counts, or a total and a share
+_SHARE = ("real_fraction", "n_total")
+
+
+def _one_count_form(merged: Any, given: set) -> Optional[str]:
+    """A later generation's size is given as ``loop.n_real``/``loop.n_synth`` or as
+    ``loop.real_fraction``/``loop.n_total``, not both. When the command line (or a sweep) gives one form
+    over a config file that uses the other, the command line wins: the file's form is turned into the
+    given one, keeping what the command line does not say (``loop.n_synth=300`` over ``n_total: 400,
+    real_fraction: 0.375`` keeps n_real = 150). Returns the note saying so, or None."""
+    loop = merged.loop
+    said = {k.split(".")[-1] for k in given if k.startswith(("loop.", "sweep.loop."))}
+    if said & set(_COUNTS) and not said & set(_SHARE) and loop.real_fraction is not None and loop.n_total is not None:
+        n_real = int(round(loop.real_fraction * loop.n_total))
+        kept = {"n_real": n_real, "n_synth": loop.n_total - n_real}
+        for k in _COUNTS:
+            if k not in said and getattr(loop, k) is None:
+                setattr(loop, k, kept[k])
+        loop.real_fraction = loop.n_total = None
+        sizes = ", ".join(f"{k}={getattr(loop, k) if k not in said else 'as given'}" for k in _COUNTS)
+        return (f"loop: the command line or the sweep sizes generations by loop.n_real/loop.n_synth, so the "
+                f"config's loop.real_fraction/loop.n_total give way ({sizes})")
+    if said & set(_SHARE) and not said & set(_COUNTS) and (loop.n_real is not None or loop.n_synth is not None):
+        loop.n_real = loop.n_synth = None
+        return "loop: the command line or the sweep sizes generations by loop.real_fraction/loop.n_total, so the " \
+               "config's loop.n_real/loop.n_synth give way"
+    return None
+
+
 def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[List[str]] = None) -> Config:
     """Load ``path`` (default ``configs/default.yaml``) over the schema, apply overrides, validate."""
     OmegaConf = _omegaconf()
@@ -592,6 +621,8 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[Li
             except yaml.YAMLError:
                 pass
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([f"{key}={value}"]))
+        count_note = _one_count_form(merged, {i.split("=", 1)[0] for i in overrides or []} | {
+            f"sweep.{k}" for k in (merged.sweep or {})})
         cfg: Config = OmegaConf.to_object(merged)
     except ConfigError:
         raise
@@ -608,6 +639,8 @@ def load_config(path: Optional[str | os.PathLike] = None, overrides: Optional[Li
         note = None
     if note:
         notes.append(note)
+    if count_note:
+        notes.append(count_note)
     validate(cfg)
     _set_unresolved(cfg, unresolved)
     object.__setattr__(cfg, _NOTES_ATTR, notes)

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import ROOT, run_cli
 from mad.plan import plan_chains
-from mad.config import ConfigError, LoopKind, expand_sweep, load_config, resolved_counts
+from mad.config import ConfigError, LoopKind, config_notes, expand_sweep, load_config, resolved_counts
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -19,7 +19,14 @@ def test_default_config_loads_and_overrides_apply():
     cfg = load_config(None, ["loop.kind=fresh_data", "sample.bias=0.8", "loop.n_real=50"])
     assert cfg.loop.kind == LoopKind.fresh_data
     assert cfg.sample.bias == 0.8
-    assert resolved_counts(cfg.loop) == (50, cfg.loop.n_synth) and cfg.loop.n_synth == 200  # default.yaml's
+    # default.yaml sizes by n_total/real_fraction (400, 0.375); an n_real override turns that into counts,
+    # keeping default.yaml's 250 synthetic samples, and says so in one note
+    assert resolved_counts(cfg.loop) == (50, cfg.loop.n_synth) and cfg.loop.n_synth == 250
+    assert cfg.loop.real_fraction is None and cfg.loop.n_total is None
+    assert any("give way" in n for n in config_notes(cfg))
+    share = load_config(None, ["loop.n_total=200"])  # and the other way: a total over counts keeps the share
+    assert resolved_counts(load_config(None, ["loop.kind=fresh_data", "loop.n_total=200"]).loop) == (75, 125)
+    assert share.loop.n_real is None
     bare = load_config(None, ["loop.n_real=null", "loop.n_synth=null", "loop.kind=fresh_data", "loop.n_init=200"])
     assert resolved_counts(bare.loop) == (200, 200)  # both default to n_init
 
