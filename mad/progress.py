@@ -320,15 +320,29 @@ class RunClock:
 class TimeLeft:
     """The run's one time-left figure: estimated once per update (a batch of finished work), and
     the same on every line printed for that update. ``update`` re-estimates from ``clock``'s
-    measurements; ``text`` is the figure of the last update."""
+    measurements; within ``every`` seconds of the last full estimate the figure only falls (by the
+    time that passed, or to a lower new estimate), so units of work that end within the same second
+    (chains started together) do not make it climb from line to line while the first measurements
+    come in; after that a new estimate may rise, as the work says. ``text`` is the figure of the
+    last update."""
 
-    def __init__(self, clock: RunClock) -> None:
+    def __init__(self, clock: RunClock, every: float = 1.0) -> None:
         self.clock = clock
+        self.every = every
         self.seconds: Optional[float] = None
+        self._at: Optional[float] = None  # when ``seconds`` was set
+        self._full: Optional[float] = None  # when the last full estimate was made
 
     def update(self, left: Sequence[int], parallel: Optional[int] = None,
                now: Optional[float] = None) -> Optional[float]:
-        self.seconds = self.clock.time_left(left, parallel, now)
+        now = self.clock.clock() if now is None else now
+        new = self.clock.time_left(left, parallel, now)
+        if (new is not None and self.seconds is not None and self._at is not None and self._full is not None
+                and now - self._full < self.every):
+            self.seconds = min(max(0.0, self.seconds - (now - self._at)), new)
+        else:
+            self.seconds, self._full = new, now
+        self._at = now
         return self.seconds
 
     def text(self) -> str:
