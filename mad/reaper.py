@@ -38,30 +38,11 @@ def start(temp_root: str) -> int:
     return write_fd
 
 
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root + os.sep)
-
-
-def _holds_files_in(pid: str, root: str) -> bool:
-    """Has the process its working directory, or a file open, inside ``root``?"""
-    try:
-        if _inside(os.readlink(f"/proc/{pid}/cwd"), root):
-            return True
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                if _inside(os.readlink(f"/proc/{pid}/fd/{fd}"), root):
-                    return True
-            except OSError:
-                continue
-    except OSError:
-        pass
-    return False
-
-
 def session_processes(temp_root: str) -> list[int]:
-    """PIDs of this run's Ray: the processes whose environment says RAY_TMPDIR=temp_root, or that
-    hold a file inside it (its logs, sockets and session files), for a process whose environment
-    block was overwritten (a process title set over it) still holds those."""
+    """PIDs of the processes whose environment says RAY_TMPDIR=temp_root (this run's Ray).
+
+    Only the environment: a process that merely has a file open in the folder may be anyone's (a
+    shell ``cd``-ed into it, an ``rm -r`` or ``du`` of it), and is not this watcher's to end."""
     tag = f"RAY_TMPDIR={temp_root}".encode()
     me = os.getpid()
     pids = []
@@ -70,11 +51,10 @@ def session_processes(temp_root: str) -> list[int]:
             continue
         try:
             with open(f"/proc/{entry.name}/environ", "rb") as f:
-                tagged = tag in f.read().split(b"\0")
+                if tag in f.read().split(b"\0"):
+                    pids.append(int(entry.name))
         except OSError:  # gone, or not ours
             continue
-        if tagged or _holds_files_in(entry.name, temp_root):
-            pids.append(int(entry.name))
     return pids
 
 
