@@ -90,12 +90,19 @@ def kmeans_centres(x: np.ndarray, y: Optional[np.ndarray], n_clusters: int, seed
 
 
 def correct(x: np.ndarray, y: Optional[np.ndarray], centres: np.ndarray, centre_labels: Optional[np.ndarray],
-            strength: float) -> StageResult:
-    """Move each sample a fraction ``strength`` toward its nearest centre (of its own class when both the
-    samples and the centres carry labels). strength 0 is the identity; 1 returns the centres.
-    Integer data (uint8 images) is rounded back and clipped to its dtype's range."""
+            strength: float, mode: str = "blend", rng: Optional[np.random.Generator] = None) -> StageResult:
+    """Self-correction toward the nearest centre (of its own class when both the samples and the centres
+    carry labels). ``blend``: every sample moves a fraction ``strength`` toward it (0 is the identity, 1
+    returns the centres: Gillman et al.'s projection). ``mixture``: a share ``strength`` of the samples,
+    drawn with ``rng``, is replaced by its nearest centre and the rest are left as sampled (the mixture
+    of corrected and uncorrected distributions of their theory's gamma). Integer data (uint8 images) is
+    rounded back and clipped to its dtype's range."""
     if not (0.0 <= strength <= 1.0):
         raise ValueError(f"correct.strength must be in [0, 1], got {strength}")
+    if mode not in ("blend", "mixture"):
+        raise ValueError(f"correct.mode must be blend or mixture, got {mode!r}")
+    if mode == "mixture" and rng is None:
+        raise ValueError("correct.mode=mixture draws the corrected share: it needs the stage's rng")
     shape, dtype = x.shape, x.dtype
     flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     if strength == 0.0:
@@ -110,7 +117,12 @@ def correct(x: np.ndarray, y: Optional[np.ndarray], centres: np.ndarray, centre_
         if missing.any():
             raise ValueError(f"no centre for class {np.asarray(y)[missing][0]}")
     nearest = centres[np.argmin(d2, axis=1)]
-    moved = flat + strength * (nearest - flat)
+    if mode == "mixture":
+        moved = flat.copy()
+        chosen = rng.choice(len(flat), int(round(strength * len(flat))), replace=False)
+        moved[chosen] = nearest[chosen]
+    else:
+        moved = flat + strength * (nearest - flat)
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         moved = np.clip(np.rint(moved), info.min, info.max)

@@ -119,6 +119,11 @@ class CorrectKind(str, Enum):
     kmeans = "kmeans"
 
 
+class CorrectMode(str, Enum):
+    blend = "blend"  # every kept sample moves a fraction gamma toward its nearest centre: x + gamma (c - x)
+    mixture = "mixture"  # a share gamma of the kept samples becomes its nearest centre, the rest stay as sampled
+
+
 class SynthSchedule(str, Enum):
     constant = "constant"  # n_synth every generation
     linear = "linear"  # from n_synth at generation 2 to n_synth_final at the last generation
@@ -391,7 +396,10 @@ class CorrectConfig:
     when the samples carry labels)."""
 
     kind: CorrectKind = CorrectKind.none
-    strength: float = _key(0.5, check=UNIT)
+    strength: float = _key(0.5, check=UNIT)  # gamma
+    # blend: x + gamma (c - x) for every sample (gamma = 1 is Gillman et al.'s projection); mixture: as their
+    # theory's gamma, a share gamma of the samples (drawn from the stage's stream) replaced by their centre
+    mode: CorrectMode = CorrectMode.blend
     clusters: int = _key(10, check=POSITIVE)  # centres per class (or overall, without labels)
 
 

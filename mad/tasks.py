@@ -229,7 +229,7 @@ def apply_stage(job: StageJob, pool: RealPool, reference: Any, shards: Sequence[
     if job.correct.kind == CorrectKind.kmeans:
         per_class = y is not None and pool.y is not None
         centres, labels = correction_centres(pool, job.seed, job.n_init, job.correct.clusters, per_class)
-        res = stages.correct(x, y, centres, labels, job.correct.strength)
+        res = stages.correct(x, y, centres, labels, job.correct.strength, job.correct.mode.value, rng)
         x, y, changed = res.x, res.y, res.changed
     if len(x) != job.n_keep:
         raise ValueError(f"the stage kept {len(x)} samples, expected {job.n_keep}")

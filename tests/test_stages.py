@@ -78,3 +78,31 @@ def test_subsample_sizes_and_seeds():
     assert len(a) == 300 and len(np.unique(a)) == 300 and np.all(np.diff(a) > 0)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert np.array_equal(stages.subsample_indices(10, 50, np.random.default_rng(0)), np.arange(10))
+
+
+def test_mixture_correction_replaces_a_share_gamma_by_the_nearest_centre_and_leaves_the_rest():
+    """correct.mode=mixture (Gillman et al.'s theory's gamma): round(gamma n) of the samples, drawn from
+    the stage's stream, become exactly their nearest centre of their own class; the others are returned
+    as sampled, bit for bit. blend at the same gamma moves every sample instead."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    centre_labels = np.array([0, 0, 1, 1])
+    x = rng.normal(size=(200, 2)) * 3 + 5
+    y = rng.integers(0, 2, 200)
+    for gamma in (0.0, 0.3, 1.0):
+        res = stages.correct(x, y, centres, centre_labels, gamma, "mixture", np.random.default_rng(7))
+        again = stages.correct(x, y, centres, centre_labels, gamma, "mixture", np.random.default_rng(7))
+        assert np.array_equal(res.x, again.x)  # the stage's stream decides which
+        moved = np.any(res.x != x, axis=1)
+        assert moved.sum() == res.changed == round(gamma * 200)
+        # by hand: the nearest centre of the sample's own class
+        d2 = ((x[:, None, :] - centres[None]) ** 2).sum(-1)
+        d2[y[:, None] != centre_labels[None, :]] = np.inf
+        nearest = centres[d2.argmin(1)]
+        assert np.array_equal(res.x[moved], nearest[moved])
+        assert np.array_equal(res.x[~moved], x[~moved])
+        assert np.array_equal(res.y, y)
+    blend = stages.correct(x, y, centres, centre_labels, 0.3)
+    assert blend.changed == 200 and np.allclose(blend.x, x + 0.3 * (nearest - x))
+    with pytest.raises(ValueError, match="rng"):
+        stages.correct(x, y, centres, centre_labels, 0.3, "mixture")
