@@ -1245,8 +1245,9 @@ def _check_one_sampler(chains: List[Config]) -> None:
 
 
 # Record keys computed every generation from the fitted state whatever metrics.every says (the Gaussian
-# family's closed form); every other metric is sample-based and recorded only every metrics.every-th one.
-CLOSED_FORM_METRICS = frozenset({"w2", "trace_ratio", "mean_shift", "logdet_ratio", "logdet_ratio_per_dim"})
+# family's closed form, kde/gmm's held-out nll); every other metric is sample-based, recorded every metrics.every-th one.
+CLOSED_FORM_METRICS = frozenset({"w2", "w2_fit", "trace_ratio", "mean_shift", "logdet_ratio", "logdet_ratio_per_dim",
+                                 "nll"})  # nll: kde and gmm score the held-out points every generation too
 
 
 def phase_metric(cfg: Config) -> str:

@@ -25,6 +25,8 @@ def test_a_sample_based_phase_metric_with_metrics_every_above_1_is_refused(extra
 
 def test_metrics_every_above_1_stays_allowed_where_the_phase_diagram_does_not_need_it():
     load_config(PHASE, [*SMALL, "metrics.every=2"])  # w2 is closed-form: recorded every generation
+    load_config(PHASE, [*SMALL, "report.phase.metric=w2_fit", "metrics.every=2"])  # and so is w2_fit
+    load_config(PHASE, [*SMALL, "model.family=kde", "report.phase.metric=nll", "metrics.every=2"])  # kde's held-out nll
     load_config(PHASE, [*SMALL, "report.phase.metric=auto", "metrics.every=2"])  # auto = w2 for the Gaussian
     # no real-only chain: no phase diagram, nothing to drop
     load_config(PHASE, ["sweep={loop.n_synth: [25, 50]}", "report.phase.metric=fid", "metrics.every=2"])
