@@ -151,7 +151,16 @@ def program(entry: Any = None) -> NoReturn:
     # Finished: end now, with the run's status. Ray's shutdown (1-2 s) would put SIGTERM's default
     # action back (a kill then, exit 143 without a line), and the interpreter's teardown of torch
     # only costs time; mad.reaper ends a local Ray's processes and removes its folder once this
-    # process is gone, as it does however the driver ends.
+    # process is gone, as it does however the driver ends. A joined cluster outlives this process, so
+    # there the driver disconnects first: its job's task events reach the cluster's state API (and
+    # dashboard) instead of showing finished tasks as never finished.
+    remote = sys.modules.get("mad.remote")
+    if remote is not None:
+        try:
+            remote.disconnect_from_cluster()
+        except Exception:  # a cluster that went away: nothing left to tell it
+            pass
+        _ignore_signals()  # ray.shutdown restores the handlers it saw at ray.init
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -139,6 +139,13 @@ def _keep_sigterm_handler():
             pass
 
 
+def disconnect_from_cluster() -> None:
+    """Disconnect from a joined cluster (``ray.address``), flushing this job's task events; a private
+    local Ray is left to mad.reaper, which ends it once the driver is gone."""
+    if ray.is_initialized() and _TEMP_ROOT is None:
+        ray.shutdown()
+
+
 def shutdown() -> None:
     """Stop a local Ray and remove its temporary folder (joined clusters are only disconnected)."""
     global _TEMP_ROOT
