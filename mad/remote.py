@@ -110,6 +110,8 @@ def init(cfg: RayConfig, quiet: bool = False, dashboard: bool = False) -> None:
         ray.init(num_cpus=cfg.num_cpus, include_dashboard=dashboard,
                  runtime_env=runtime_env, log_to_driver=not quiet,
                  logging_level="ERROR" if quiet else "WARNING", configure_logging=True)
+    global _LOCAL_RESOURCES
+    _LOCAL_RESOURCES = dict(ray.cluster_resources())
 
 
 @contextlib.contextmanager
@@ -149,8 +151,10 @@ def disconnect_from_cluster() -> None:
 def shutdown() -> None:
     """Stop a local Ray and remove its temporary folder (joined clusters are only disconnected)."""
     global _TEMP_ROOT
+    global _LOCAL_RESOURCES
     if ray.is_initialized():
         ray.shutdown()
+    _LOCAL_RESOURCES = None
     if _TEMP_ROOT is not None:
         shutil.rmtree(_TEMP_ROOT, ignore_errors=True)
         _TEMP_ROOT = None
@@ -164,7 +168,7 @@ def start_bar_board() -> Any:
 
 def chain_slots(res: ResourcesConfig) -> int:
     """How many chains' generations can train at once on the cluster (at least 1)."""
-    total = ray.cluster_resources()
+    total = _cluster_resources()
     fits = [total.get("CPU", 1) / res.train_cpus] if res.train_cpus > 0 else []
     if res.train_gpus > 0:
         fits.append(total.get("GPU", 0) / res.train_gpus)
@@ -292,7 +296,22 @@ def task_error_cause(err: BaseException) -> BaseException:
 
 def cluster_cpus() -> int:
     """CPUs of the whole cluster (at least 1): how many blocks of chains to keep in flight."""
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return max(1, int(_cluster_resources().get("CPU", 1)))
+
+
+_LOCAL_RESOURCES: Optional[dict] = None  # a private local Ray's totals, read once after it started
+
+
+def _cluster_resources() -> dict:
+    """The cluster's total resources. A private local Ray's are fixed, so they are read once when it
+    starts (a GCS state query per run was seen to hang in a long-lived session); a joined cluster
+    can grow or shrink, so it is asked each time."""
+    global _LOCAL_RESOURCES
+    if _TEMP_ROOT is not None:
+        if _LOCAL_RESOURCES is None:
+            _LOCAL_RESOURCES = dict(ray.cluster_resources())
+        return _LOCAL_RESOURCES
+    return ray.cluster_resources()
 
 
 put = ray.put
