@@ -94,7 +94,7 @@ def _wait_gone(root: Path, timeout: float = 10) -> None:
 
 
 def test_sigint_and_sigterm_stop_a_block_run_in_2s_with_one_line_and_resume_identically(tmp_path, ray_base):
-    gens, signal_after = 40, 20
+    gens, signal_after = 26, 13
     cmd = [*FRESH, f"loop.generations={gens}", f"ray.temp_dir={ray_base}"]
     ref = tmp_path / "ref"
     undisturbed = _start(*cmd, f"out={ref}", "--quiet")
