@@ -303,11 +303,11 @@ def cached_classifier(pool: RealPool, metrics: MetricsConfig, reward: bool = Fal
     ``reward``: the curation reward's network instead of the metrics' one."""
     if metrics.features != Features.classifier or pool.x is None or pool.y is None:
         return None
-    from mad.metrics.features import REWARD_SEED, cached_classifier_state, reward_epochs, reward_split
+    from mad.metrics.features import cached_classifier_state, reward_recipe
 
     x, y, seed, epochs = pool.x, pool.y, 0, metrics.classifier_epochs
     if reward:
-        (x, y), seed, epochs = reward_split(pool.x, pool.y), REWARD_SEED, reward_epochs(epochs)
+        x, y, seed, epochs = reward_recipe(pool.x, pool.y, epochs)
     return cached_classifier_state(x, y, pool.num_classes or None, metrics.cache_dir, epochs=epochs, seed=seed)
 
 

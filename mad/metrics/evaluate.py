@@ -16,11 +16,9 @@ from mad.config import Features, MetricsConfig
 from mad.metrics.features import (
     TrainedClassifier,
     inception_features,
-    REWARD_SEED,
     load_or_train_classifier,
-    reward_epochs,
-    reward_split,
     raw_features,
+    reward_recipe,
     train_classifier,
 )
 from mad.metrics.frechet import feature_stats, fid_to_reference, frechet_distance, sqrt_psd
@@ -187,8 +185,8 @@ def prepare_reference(ref_x: Any, ref_y: Any, train_x: Any, train_y: Any, cfg: M
     size (FID's small-sample bias), added to every scored generation's record.
 
     ``reward``: also the curation reward's network (``reward_state`` when the driver's cache held it),
-    the same recipe with seed ``REWARD_SEED`` on ``reward_split`` of the training pool, for
-    ``reward_epochs`` (as many optimiser steps as the judge)."""
+    ``mad.metrics.features.reward_recipe``: the same recipe with another seed on half of the
+    training pool, as many optimiser steps as the judge."""
     kind = _features_kind(cfg, ref_x)
     state: dict | None = None
     class_hist: np.ndarray | None = None
@@ -209,9 +207,8 @@ def prepare_reference(ref_x: Any, ref_y: Any, train_x: Any, train_y: Any, cfg: M
     heldout = np.asarray(ref_x, dtype=np.float64) if len(shape) == 1 else None
     reward_net = None
     if reward and kind == Features.classifier:
-        rx, ry = reward_split(train_x, train_y)
-        reward_net = _classifier(rx, ry, num_classes, cfg, reward_state, use_cache, seed=REWARD_SEED,
-                                 epochs=reward_epochs(cfg.classifier_epochs)).state()
+        rx, ry, seed, epochs = reward_recipe(train_x, train_y, cfg.classifier_epochs)
+        reward_net = _classifier(rx, ry, num_classes, cfg, reward_state, use_cache, seed=seed, epochs=epochs).state()
     ref = Reference(kind.value, feats, mu, sigma, class_hist, state, sq_radii, k, shape, sqrt_psd(sigma),
                     heldout=heldout, kid_plan=_kid_plan_for(feats, int(cfg.n_eval), cfg),
                     reward_state=reward_net)

@@ -36,6 +36,7 @@ __all__ = [
     "REWARD_SEED",
     "reward_split",
     "reward_epochs",
+    "reward_recipe",
     "save_classifier_state",
     "classifier_cache_key",
     "raw_features",
@@ -186,6 +187,13 @@ REWARD_SEED = 1
 def reward_epochs(epochs: int) -> int:
     """Epochs of the reward network: twice the judge's on half the data, so as many optimiser steps."""
     return 2 * int(epochs)
+
+
+def reward_recipe(images: Any, labels: Any, epochs: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """(images, labels, seed, epochs) the reward network trains with, from the pool and the judge's
+    epochs: one place, so the driver's cache look-up and the training agree on the cache key."""
+    x, y = reward_split(images, labels)
+    return x, y, REWARD_SEED, reward_epochs(epochs)
 
 
 def reward_split(images: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
