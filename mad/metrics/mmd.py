@@ -85,9 +85,18 @@ class KIDPlan:
         return (n2, subsets, m, seed) == (self.n2, self.subsets, self.m, self.seed)
 
 
+def _indicator(idx: np.ndarray, n: int) -> np.ndarray:
+    """(subsets, n) with row s counting how often each of the n rows is in subset s."""
+    ind = np.zeros((len(idx), n))
+    np.add.at(ind, (np.repeat(np.arange(len(idx)), idx.shape[1]), idx.ravel()), 1.0)
+    return ind
+
+
 def _block_sums(k: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Per subset s: the sum of k[rows[s]][:, cols[s]] (gather the rows, sum them, pick the columns)."""
-    return np.take_along_axis(k[rows].sum(axis=1), cols, axis=1).sum(axis=1)
+    """Per subset s: the sum of k[rows[s]][:, cols[s]], as (R k) . C with R, C the subsets' indicator
+    rows: one matrix product instead of gathering a (subsets, m, n) copy of k (800 MB and 1.4 s for
+    100 subsets of 500 of 2,000 rows; this takes about 20 ms)."""
+    return np.einsum("sj,sj->s", _indicator(rows, k.shape[0]) @ k, _indicator(cols, k.shape[1]))
 
 
 def _within_sums(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
